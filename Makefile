@@ -1,0 +1,33 @@
+# foretell's two commands: `make serve` and `make test`. Both install into .venv when needed.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+EXTRAS := dev,xgboost,lightgbm,torch
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve test lint services clean
+
+install: $(STAMP)
+
+# Reinstalls only when pyproject.toml changed, so a second `make test` starts at once.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
+	@touch $@
+
+serve: $(STAMP)
+	$(BIN)/foretell serve
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
+
+test: lint services
+	$(BIN)/pytest
+
+services:
+	@bash scripts/services
+
+clean:
+	rm -rf $(VENV) foretell-data .pytest_cache .mypy_cache .ruff_cache

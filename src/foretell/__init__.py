@@ -1,0 +1,56 @@
+"""foretell: serve trained models, score tables and streams, and close the feedback loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from foretell.errors import (
+    ForetellError,
+    InputFormatError,
+    MissingExtraError,
+    ModelLoadError,
+    NotFoundError,
+    SpecError,
+    UnsafeModelError,
+    UserError,
+    ValidationError,
+    Violation,
+)
+from foretell.pipeline import Model, Prediction
+from foretell.repository import ModelSpec, Repository
+
+__version__ = "0.1.0"
+
+
+def load(path: str | Path, version: str | None = None) -> Model:
+    """Loads a model from a version folder (holding model.yaml) or a model folder.
+
+    Given a model folder (``REPO/<name>``), the version its policy serves is loaded, or
+    ``version`` when given.
+    """
+    folder = Path(path)
+    if (folder / "model.yaml").is_file():
+        return Model.from_folder(folder)
+    if not folder.is_dir():
+        raise NotFoundError(f"'{folder}' is not a folder; expected a model or version folder")
+    return Repository(folder.parent).load(folder.name, version)
+
+
+__all__ = [
+    "ForetellError",
+    "InputFormatError",
+    "MissingExtraError",
+    "Model",
+    "ModelLoadError",
+    "ModelSpec",
+    "NotFoundError",
+    "Prediction",
+    "Repository",
+    "SpecError",
+    "UnsafeModelError",
+    "UserError",
+    "ValidationError",
+    "Violation",
+    "__version__",
+    "load",
+]

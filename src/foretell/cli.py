@@ -1,0 +1,207 @@
+"""The ``foretell`` command line: list, check, build, predict and serve models."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from foretell.errors import ForetellError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_DATA = Path("foretell-data")
+app = typer.Typer(
+    help="foretell: serve trained models, score files and check model repositories.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+examples_app = typer.Typer(help="The example models of every task kind.", no_args_is_help=True)
+app.add_typer(examples_app, name="examples")
+err = Console(stderr=True)
+
+Repo = Annotated[
+    Path,
+    typer.Option(
+        "--repository", "-r", envvar="FORETELL_REPOSITORY",
+        help="Model repository folder (<model>/<version>/model.yaml).",
+    ),
+]
+
+
+def fail(message: str, exit_code: int = 1) -> typer.Exit:
+    """Prints ``Error: message`` to stderr; raise the result to end with ``exit_code``."""
+    err.print(f"Error: {message}", markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(exit_code)
+
+
+def user_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Turns foretell errors raised by ``command`` into a one-line message and exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except ForetellError as exc:
+            raise fail(exc.message, exc.exit_code) from None
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def models(repository: Repo = DEFAULT_DATA / "models") -> None:
+    """List the models of a repository with their versions, task, format and inputs.
+
+    Example: `foretell models --repository foretell-data/models`
+    """
+    from foretell.repository import Repository
+
+    repo = Repository(repository)
+    table = Table(title=f"models in {repository}")
+    for column in ("name", "versions", "serving", "task", "format", "inputs"):
+        table.add_column(column)
+    for name in repo.names():
+        serving = repo.serving_version(name)
+        spec = repo.get(name, serving).spec
+        names = spec.feature_names
+        shown = ", ".join(names[:3]) + (f", ... ({len(names)})" if len(names) > 3 else "")
+        table.add_row(
+            name, ", ".join(repo.versions(name)), serving, spec.task, spec.format, shown
+        )
+    Console(width=200).print(table)
+
+
+@app.command()
+@user_errors
+def predict(
+    model: Annotated[str, typer.Argument(help="Model name in the repository.")],
+    input: Annotated[
+        str, typer.Option("--input", "-i", help="CSV, JSON, JSONL or Parquet file; - for stdin.")
+    ],
+    repository: Repo = DEFAULT_DATA / "models",
+    output: Annotated[
+        str | None,
+        typer.Option("--output", "-o", help="JSONL, CSV or Parquet file; stdout (JSONL) if unset."),
+    ] = None,
+    version: Annotated[str | None, typer.Option(help="Version; default: the served one.")] = None,
+    format: Annotated[
+        str | None, typer.Option("--format", help="Input format when the name does not say.")
+    ] = None,
+) -> None:
+    """Score the rows of a file with a model and write one result per row.
+
+    Examples:
+
+    * `foretell predict breast-cancer --input rows.csv --output scored.parquet`
+    * `echo '[{"text": "great kettle"}]' | foretell predict sentiment --input -`
+    """
+    from foretell.destinations import write_results
+    from foretell.repository import Repository
+    from foretell.sources import read_rows
+
+    loaded = Repository(repository).load(model, version)
+    rows = read_rows(input, format)
+    results = loaded.predict(rows)
+    write_results((r.to_dict() for r in results), output)
+    if output:
+        err.print(f"scored {len(results)} rows with {loaded.name} v{loaded.version} -> {output}")
+
+
+@app.command("validate-repository")
+@user_errors
+def validate_repository(
+    repository: Annotated[Path, typer.Argument(help="Model repository folder.")],
+) -> None:
+    """Check every spec of every version and load every artifact; list all problems.
+
+    Example: `foretell validate-repository foretell-data/models`
+    """
+    from foretell.repository import Repository
+
+    repo = Repository(repository)
+    problems = repo.check()
+    for problem in problems:
+        err.print(f"[red]problem[/red] {problem}", markup=True, highlight=False)
+    if problems:
+        raise fail(f"{len(problems)} problem(s) in {repository}")
+    count = sum(len(repo.versions(n)) for n in repo.names())
+    err.print(f"ok: {len(repo.names())} models, {count} versions in {repository}")
+
+
+@examples_app.command("build")
+@user_errors
+def examples_build(
+    directory: Annotated[Path, typer.Argument(help="Folder to write the repository into.")],
+    only: Annotated[
+        list[str] | None, typer.Option(help="Build only these examples (repeatable).")
+    ] = None,
+) -> None:
+    """Train the example models and write them as a model repository.
+
+    Example: `foretell examples build /tmp/models && foretell models -r /tmp/models`
+    """
+    from foretell.examples import EXAMPLES, build_examples
+
+    unknown = sorted(set(only or []) - set(EXAMPLES))
+    if unknown:
+        raise typer.BadParameter(f"unknown examples {unknown}; choose from {sorted(EXAMPLES)}")
+    with err.status("training the example models..."):
+        built = build_examples(directory, only)
+    for spec in built:
+        err.print(f"built {spec.name} v{spec.version} ({spec.task}, {spec.format})")
+
+
+@app.command()
+@user_errors
+def serve(
+    repository: Annotated[
+        Path | None,
+        typer.Option(
+            "--repository", "-r", envvar="FORETELL_REPOSITORY",
+            help="Model repository; default: the examples, built into foretell-data/models.",
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(envvar="FORETELL_HOST", help="Address to bind.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(envvar="FORETELL_PORT", help="HTTP port.")] = 8080,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Serve every model of a repository over HTTP (KServe V1 records API and health).
+
+    Example: `foretell serve --repository foretell-data/models --port 8080`, then
+    `curl -s localhost:8080/v1/models`
+    """
+    import uvicorn
+
+    from foretell.repository import Repository
+    from foretell.serving import DataPlane, create_app
+
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if repository is None:
+        repository = DEFAULT_DATA / "models"
+        if not repository.is_dir() or not Repository(repository).names():
+            from foretell.examples import build_examples
+
+            with err.status(f"first start: building the example models into {repository}..."):
+                build_examples(repository)
+    plane = DataPlane(Repository(repository))
+    plane.load_all()
+    for entry in plane.catalogue():
+        status = "ready" if entry["ready"] else f"NOT READY: {entry.get('reason')}"
+        err.print(f"{entry['name']} v{entry['version']}: {status}", highlight=False)
+    uvicorn.run(create_app(plane), host=host, port=port, log_level=log_level.lower())
+
+
+def main() -> Any:
+    """Entry point of the ``foretell`` command."""
+    return app()

@@ -1,0 +1,5 @@
+"""Data destinations: where results go."""
+
+from foretell.destinations.files import write_results
+
+__all__ = ["write_results"]

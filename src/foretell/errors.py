@@ -1,0 +1,110 @@
+"""The one error root of foretell, and what each error means to a caller.
+
+Every error a user can cause or meet derives from :class:`ForetellError`, which carries the HTTP
+status the REST layer answers with and the exit code the CLI ends with. Each transport maps the
+root once; nothing else catches errors by message.
+
+    ForetellError                  500 / exit 1   a genuine fault inside foretell
+    ├── UserError                  400 / exit 2   the caller asked for something malformed
+    │   ├── InputFormatError       400 / exit 2   a body or file that cannot be decoded
+    │   └── ValidationError        400 / exit 2   rows that break the model's input schema
+    ├── NotFoundError              404 / exit 3   an unknown model or version
+    ├── SpecError                  500 / exit 4   a model.yaml that is not a valid spec
+    └── ModelLoadError             503 / exit 5   a model that cannot be loaded or is not ready
+        ├── UnsafeModelError       503 / exit 5   loading would run code the spec does not trust
+        └── MissingExtraError      503 / exit 5   the runtime needs an optional extra
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class ForetellError(Exception):
+    """Root of every foretell error; ``status`` is the HTTP status, ``exit_code`` the CLI's."""
+
+    status: int = 500
+    exit_code: int = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_json(self) -> dict[str, Any]:
+        """The body that HTTP transports answer with."""
+        return {"error": self.message}
+
+
+class UserError(ForetellError):
+    """The caller asked for something malformed; asking differently fixes it."""
+
+    status = 400
+    exit_code = 2
+
+
+class InputFormatError(UserError):
+    """A request body or input file could not be decoded into rows."""
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One broken rule: which row, which field, which rule, and what was received."""
+
+    row: int
+    field: str
+    rule: str
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"row": self.row, "field": self.field, "rule": self.rule, "message": self.message}
+
+
+class ValidationError(UserError):
+    """Rows broke the model's input schema; ``violations`` lists every broken rule."""
+
+    def __init__(self, violations: list[Violation], *, limit: int = 10) -> None:
+        self.violations = violations
+        shown = "; ".join(f"row {v.row}: {v.message}" for v in violations[:limit])
+        more = len(violations) - limit
+        suffix = f"; and {more} more" if more > 0 else ""
+        super().__init__(f"input is invalid: {shown}{suffix}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"error": self.message, "violations": [v.to_json() for v in self.violations]}
+
+
+class NotFoundError(ForetellError):
+    """An unknown model or version was asked for."""
+
+    status = 404
+    exit_code = 3
+
+
+class SpecError(ForetellError):
+    """A model.yaml is missing, unreadable or breaks the spec's rules."""
+
+    status = 500
+    exit_code = 4
+
+
+class ModelLoadError(ForetellError):
+    """A model could not be loaded, or is not ready to answer."""
+
+    status = 503
+    exit_code = 5
+
+
+class UnsafeModelError(ModelLoadError):
+    """Loading the artifact would run code, and the spec does not say ``trusted: true``."""
+
+
+class MissingExtraError(ModelLoadError):
+    """A runtime needs an optional dependency that is not installed."""
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs the '{package}' package, which is not installed; "
+            f"install it with: pip install 'foretell[{extra}]'"
+        )
+        self.extra = extra

@@ -1,0 +1,141 @@
+"""A loaded model: the whole inference pipeline, validate → preprocess → forward → decide."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from foretell.errors import ValidationError, Violation
+from foretell.pipeline.decide import DecisionRules
+from foretell.pipeline.postprocess import Postprocessor
+from foretell.pipeline.preprocess import Preprocessor
+from foretell.pipeline.rows import Rows, to_columns
+from foretell.pipeline.validate import Validator
+from foretell.repository.spec import ModelSpec, read_spec
+from foretell.runtimes import Runtime, canonical, create_runtime
+
+STAGES = ("validate", "preprocess", "forward", "postprocess", "decide")
+
+
+@dataclass
+class Prediction:
+    """One row's result. ``error`` is set, and ``outputs`` empty, when the row was unusable."""
+
+    prediction_id: str
+    model: str
+    version: str
+    outputs: dict[str, Any]
+    decision: str | None
+    flags: list[Violation] = field(default_factory=list)
+    error: str | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as plain JSON-ready data, outputs at the top level."""
+        data: dict[str, Any] = {
+            "prediction_id": self.prediction_id,
+            "model": self.model,
+            "version": self.version,
+            **self.outputs,
+            "decision": self.decision,
+        }
+        if self.flags:
+            data["flags"] = [v.to_json() for v in self.flags]
+        if self.error is not None:
+            data["error"] = self.error
+        data["timings_ms"] = self.timings_ms
+        return data
+
+
+class Model:
+    """A model version ready to predict, the same object for HTTP, files and streams.
+
+    ``predict`` takes a list of records (dicts), a list of lists in schema order, a pandas
+    DataFrame or a 2-D numpy array, and returns one :class:`Prediction` per row.
+    """
+
+    def __init__(self, spec: ModelSpec, folder: Path, runtime: Runtime) -> None:
+        self.spec = spec
+        self.folder = folder
+        self.runtime = runtime
+        self.validator = Validator(spec)
+        self.preprocessor = Preprocessor(spec, folder)
+        self.postprocessor = Postprocessor(spec)
+        self.rules = DecisionRules(spec, self.postprocessor.quantity_names())
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, spec: ModelSpec | None = None) -> Model:
+        """Loads the model version in ``folder`` (read from its model.yaml unless given)."""
+        folder = Path(folder)
+        spec = spec or read_spec(folder)
+        return cls(spec, folder, create_runtime(spec, folder))
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def version(self) -> str:
+        return self.spec.version
+
+    def predict(self, rows: Rows) -> list[Prediction]:
+        """One result per row; raises ValidationError if the spec rejects invalid rows."""
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        batch = to_columns(rows, self.spec.feature_names)
+        checked = self.validator.check(batch)
+        started = _lap(timings, "validate", started)
+        if checked.violations and self.spec.on_invalid == "reject":
+            raise ValidationError(checked.all_violations())
+        usable = np.flatnonzero(~checked.unusable())
+        outputs: list[dict[str, Any]] = []
+        decisions: np.ndarray = np.empty(0, dtype=object)
+        if len(usable):
+            x = self.preprocessor.transform(checked.columns, usable)
+            started = _lap(timings, "preprocess", started)
+            raw = canonical(self.spec.task, self.runtime.predict(x))
+            started = _lap(timings, "forward", started)
+            outputs, quantities = self.postprocessor.apply(raw, x)
+            started = _lap(timings, "postprocess", started)
+            decisions = self.rules.decide(quantities, len(usable))
+            _lap(timings, "decide", started)
+        return self._results(len(batch), usable, outputs, decisions, checked.violations, timings)
+
+    def _results(
+        self,
+        n: int,
+        usable: np.ndarray,
+        outputs: list[dict[str, Any]],
+        decisions: np.ndarray,
+        violations: dict[int, list[Violation]],
+        timings: dict[str, float],
+    ) -> list[Prediction]:
+        position = dict(zip(usable.tolist(), range(len(usable)), strict=True))
+        results = []
+        for row in range(n):
+            found = violations.get(row, [])
+            j = position.get(row)
+            results.append(
+                Prediction(
+                    prediction_id=str(uuid.uuid4()),
+                    model=self.spec.name,
+                    version=self.spec.version,
+                    outputs=outputs[j] if j is not None else {},
+                    decision=decisions[j] if j is not None else None,
+                    flags=found if j is not None else [],
+                    error=None if j is not None else "; ".join(v.message for v in found),
+                    timings_ms=timings,
+                )
+            )
+        return results
+
+
+def _lap(timings: dict[str, float], stage: str, started: float) -> float:
+    now = time.perf_counter()
+    timings[stage] = round((now - started) * 1000.0, 4)
+    return now

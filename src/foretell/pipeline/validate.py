@@ -1,0 +1,238 @@
+"""Validation: checks every column against the input schema and lists every broken rule."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from foretell.errors import Violation
+from foretell.pipeline.rows import Columns
+from foretell.repository.spec import Feature, ModelSpec
+
+#: Rules that leave a value usable: a model that flags instead of rejecting still predicts.
+SOFT_RULES = frozenset({"range", "category"})
+_NUMBER_TYPES = frozenset({int, float, np.float64, np.float32, np.int64, np.int32})
+
+
+@dataclass
+class Checked:
+    """The batch after validation: clean columns and the violations of each row."""
+
+    columns: dict[str, Any]
+    length: int
+    violations: dict[int, list[Violation]] = field(default_factory=dict)
+
+    def unusable(self) -> np.ndarray:
+        """Boolean mask of rows with a violation that leaves them impossible to predict."""
+        mask = np.zeros(self.length, dtype=bool)
+        for row, found in self.violations.items():
+            mask[row] = any(v.rule not in SOFT_RULES for v in found)
+        return mask
+
+    def all_violations(self) -> list[Violation]:
+        return [v for row in sorted(self.violations) for v in self.violations[row]]
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if not isinstance(value, str) else f'"{value}"'
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _describe(f: Feature) -> str:
+    kind = {"int": "an integer", "bool": "true or false"}.get(f.dtype, "a number")
+    if f.min is not None or f.max is not None:
+        low = "-inf" if f.min is None else f"{f.min:g}"
+        high = "inf" if f.max is None else f"{f.max:g}"
+        return f"{kind} in [{low}, {high}]"
+    return kind
+
+
+class Validator:
+    """Checks batches against a spec's inputs; the rules come from the spec alone."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+
+    def check(self, batch: Columns) -> Checked:
+        checked = Checked({}, len(batch))
+        for f in self.spec.inputs:
+            column = batch.values[f.name]
+            if f.dtype in ("float", "int", "bool"):
+                checked.columns[f.name] = self._numbers(f, column, checked)
+            else:
+                checked.columns[f.name] = self._objects(f, column, checked)
+        return checked
+
+    def _add(self, checked: Checked, row: int, f: Feature, rule: str, message: str) -> None:
+        checked.violations.setdefault(row, []).append(Violation(row, f.name, rule, message))
+
+    def _numbers(self, f: Feature, column: Any, checked: Checked) -> np.ndarray:
+        values = _as_float_array(column, allow_bool=f.dtype == "bool")
+        if values is None:  # the slow path names each bad value
+            values = np.empty(len(column), dtype=np.float64)
+            for i, v in enumerate(column):
+                if _is_missing(v):
+                    values[i] = np.nan
+                elif _is_number(v, allow_bool=f.dtype == "bool"):
+                    values[i] = float(v)
+                else:
+                    values[i] = np.nan
+                    self._add(
+                        checked,
+                        i,
+                        f,
+                        "type",
+                        f"feature '{f.name}' must be {_describe(f)}; got {_show(v)}",
+                    )
+                    continue
+        missing = np.isnan(values)
+        for i in np.flatnonzero(missing):
+            if not f.nullable and not any(v.field == f.name for v in checked.violations.get(i, [])):
+                self._add(checked, int(i), f, "required", f"feature '{f.name}' is required")
+        if f.impute is not None:
+            values = np.where(missing, float(f.impute), values)
+        present = ~np.isnan(values)
+        bad = np.isinf(values)
+        for i in np.flatnonzero(bad):
+            self._add(checked, int(i), f, "finite", f"feature '{f.name}' must be finite")
+        ok = present & ~bad
+        if f.dtype == "int":
+            for i in np.flatnonzero(ok & (values != np.round(values))):
+                self._add(
+                    checked,
+                    int(i),
+                    f,
+                    "type",
+                    f"feature '{f.name}' must be {_describe(f)}; got {values[i]:g}",
+                )
+        if f.dtype == "bool":
+            for i in np.flatnonzero(ok & (values != 0) & (values != 1)):
+                self._add(checked, int(i), f, "type", f"feature '{f.name}' must be true or false")
+        low = -np.inf if f.min is None else f.min
+        high = np.inf if f.max is None else f.max
+        for i in np.flatnonzero(ok & ((values < low) | (values > high))):
+            self._add(
+                checked,
+                int(i),
+                f,
+                "range",
+                f"feature '{f.name}' must be {_describe(f)}; got {values[i]:g}",
+            )
+        return values
+
+    def _objects(self, f: Feature, column: Any, checked: Checked) -> list[Any]:
+        allowed = set(f.categories or [])
+        clean: list[Any] = []
+        for i, v in enumerate(column):
+            if _is_missing(v):
+                if f.impute is not None:
+                    v = f.impute
+                elif not f.nullable:
+                    self._add(checked, i, f, "required", f"feature '{f.name}' is required")
+                    clean.append(None)
+                    continue
+                else:
+                    clean.append([] if f.dtype == "list" else None)
+                    continue
+            if f.dtype == "text":
+                v = self._text(f, i, v, checked)
+            elif f.dtype == "category":
+                v = self._category(f, i, v, allowed, checked)
+            else:
+                v = self._items(f, i, v, allowed, checked)
+            clean.append(v)
+        return clean
+
+    def _text(self, f: Feature, i: int, v: Any, checked: Checked) -> str | None:
+        if not isinstance(v, str):
+            self._add(checked, i, f, "type", f"feature '{f.name}' must be text; got {_show(v)}")
+            return None
+        if len(v) > f.max_length:
+            self._add(
+                checked,
+                i,
+                f,
+                "max_length",
+                f"feature '{f.name}' must be at most {f.max_length} characters; got {len(v)}",
+            )
+            return None
+        return v
+
+    def _category(self, f: Feature, i: int, v: Any, allowed: set[str], checked: Checked) -> Any:
+        if isinstance(v, bool) or not isinstance(v, str | int):
+            self._add(
+                checked, i, f, "type", f"feature '{f.name}' must be a category; got {_show(v)}"
+            )
+            return None
+        v = str(v)
+        if v not in allowed:
+            self._add(
+                checked,
+                i,
+                f,
+                "category",
+                f"feature '{f.name}' must be one of {_choices(f)}; got {_show(v)}",
+            )
+        return v
+
+    def _items(self, f: Feature, i: int, v: Any, allowed: set[str], checked: Checked) -> Any:
+        if not isinstance(v, list | tuple | np.ndarray) or not all(isinstance(x, str) for x in v):
+            self._add(
+                checked,
+                i,
+                f,
+                "type",
+                f"feature '{f.name}' must be a list of item ids (strings); got {_show(v)}",
+            )
+            return None
+        unknown = [x for x in v if x not in allowed]
+        if unknown:
+            self._add(
+                checked,
+                i,
+                f,
+                "category",
+                f"feature '{f.name}' has unknown items {_show(unknown)}",
+            )
+        return list(v)
+
+
+def _choices(f: Feature) -> str:
+    cats = f.categories or []
+    shown = ", ".join(f'"{c}"' for c in cats[:8])
+    return f"[{shown}{', ...' if len(cats) > 8 else ''}]"
+
+
+def _is_missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA
+
+
+def _is_number(v: Any, allow_bool: bool) -> bool:
+    if isinstance(v, bool | np.bool_):
+        return allow_bool
+    return isinstance(v, int | float | np.integer | np.floating)
+
+
+def _as_float_array(column: Any, allow_bool: bool) -> np.ndarray | None:
+    """The column as float64 when every value is a number or missing, else None."""
+    if isinstance(column, pd.Series):
+        if pd.api.types.is_bool_dtype(column.dtype) and not allow_bool:
+            return None
+        if pd.api.types.is_numeric_dtype(column.dtype):
+            return column.to_numpy(dtype=np.float64, na_value=np.nan)
+        column = column.tolist()
+    if isinstance(column, np.ndarray):
+        if column.dtype.kind in "fiu" or (column.dtype.kind == "b" and allow_bool):
+            return column.astype(np.float64)
+        column = column.tolist()
+    kinds = {type(v) for v in column}
+    if allow_bool:
+        kinds.discard(bool)
+    kinds.discard(type(None))
+    if kinds <= _NUMBER_TYPES:
+        return np.array([np.nan if v is None else v for v in column], dtype=np.float64)
+    return None

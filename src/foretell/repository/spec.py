@@ -1,0 +1,225 @@
+"""The model spec: what a ``model.yaml`` may say, checked field by field when it is read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ValidationError as PydanticValidationError
+
+from foretell.errors import SpecError
+
+Task = Literal[
+    "classification",
+    "regression",
+    "clustering",
+    "anomaly_detection",
+    "recommendation",
+    "text_classification",
+]
+Format = Literal["onnx", "sklearn", "xgboost", "lightgbm", "python", "torchscript"]
+DType = Literal["float", "int", "bool", "category", "text", "list"]
+
+SPEC_FILE = "model.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Feature(_Strict):
+    """One input feature: its type, allowed values and what to do when it is missing."""
+
+    name: str = Field(min_length=1)
+    dtype: DType = "float"
+    description: str = ""
+    min: float | None = None
+    max: float | None = None
+    categories: list[str] | None = None
+    encoding: Literal["one_hot", "ordinal", "none"] = "one_hot"
+    nullable: bool = False
+    impute: float | str | None = None
+    max_length: int = Field(default=10_000, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Feature:
+        if self.dtype in ("category", "list") and not self.categories:
+            raise ValueError(f"a '{self.dtype}' feature needs a non-empty 'categories' list")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"'min' ({self.min}) is greater than 'max' ({self.max})")
+        if self.encoding != "one_hot" and self.dtype != "category":
+            raise ValueError(f"'encoding' applies to 'category' features, not '{self.dtype}'")
+        if self.impute is not None and not self.nullable:
+            raise ValueError("'impute' only applies to a feature with 'nullable: true'")
+        return self
+
+
+class Output(_Strict):
+    """One output the model's results carry."""
+
+    name: str
+    dtype: Literal["float", "int", "bool", "string", "object"] = "float"
+    description: str = ""
+
+
+class PreprocessStep(_Strict):
+    """A declared preprocessing step, applied in order before the forward pass."""
+
+    step: Literal["log1p", "clip", "user_history"]
+    features: list[str] = Field(default_factory=list)
+    source: str | None = None
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _arguments(self) -> PreprocessStep:
+        if self.step == "user_history" and not (self.source and self.file and self.features):
+            raise ValueError(
+                "'user_history' needs 'source' (the user feature), 'file' and 'features'"
+            )
+        if self.step in ("log1p", "clip") and not self.features:
+            raise ValueError(f"'{self.step}' needs a non-empty 'features' list")
+        return self
+
+
+class Postprocess(_Strict):
+    """How raw model outputs become results."""
+
+    top_k: int | None = Field(default=None, gt=0)
+    anomaly_threshold: float = 0.0
+    exclude_seen: bool = True
+
+
+class Rule(_Strict):
+    """``when`` a condition on the outputs holds, take ``action``."""
+
+    when: str
+    action: str = Field(min_length=1)
+
+    @field_validator("when")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        from foretell.pipeline.decide import parse_condition
+
+        parse_condition(value)
+        return value
+
+
+class Decision(_Strict):
+    """Ordered rules; the first that holds decides, else ``default``."""
+
+    rules: list[Rule] = Field(default_factory=list)
+    default: str = Field(default="none", min_length=1)
+
+
+class FeatureReference(_Strict):
+    """Statistics of one feature in the training data, the baseline for drift."""
+
+    count: int
+    missing_rate: float = 0.0
+    mean: float | None = None
+    std: float | None = None
+    quantiles: dict[str, float] | None = None
+    histogram: dict[str, list[float]] | None = None
+    frequencies: dict[str, float] | None = None
+
+
+class Reference(_Strict):
+    """Reference statistics of the training data."""
+
+    rows: int
+    features: dict[str, FeatureReference]
+
+
+class ModelSpec(_Strict):
+    """Everything foretell knows about one model version, read from its ``model.yaml``."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    task: Task
+    format: Format
+    artifact: str
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    description: str = ""
+    trusted: bool = False
+    on_invalid: Literal["reject", "flag"] = "reject"
+    inputs: list[Feature] = Field(min_length=1)
+    outputs: list[Output] = Field(default_factory=list)
+    labels: list[str] | None = None
+    preprocessing: list[PreprocessStep] = Field(default_factory=list)
+    postprocessing: Postprocess = Postprocess()
+    decision: Decision = Decision()
+    reference: Reference | None = None
+    runtime: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("artifact")
+    @classmethod
+    def _inside_version_folder(cls, value: str) -> str:
+        path = Path(value)
+        if path.is_absolute() or ".." in path.parts:
+            raise ValueError(f"must be a path inside the version folder; got '{value}'")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSpec:
+        names = [f.name for f in self.inputs]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"input names must be unique; repeated: {duplicates}")
+        if self.task in ("classification", "text_classification") and not self.labels:
+            raise ValueError(f"a '{self.task}' model needs 'labels' (its class names)")
+        if self.task == "text_classification" and [f.dtype for f in self.inputs] != ["text"]:
+            raise ValueError("a 'text_classification' model takes exactly one 'text' input")
+        if self.task == "recommendation" and not any(f.dtype == "list" for f in self.inputs):
+            raise ValueError("a 'recommendation' model needs a 'list' input of item ids")
+        for step in self.preprocessing:
+            named = [*step.features, *([step.source] if step.source else [])]
+            unknown = [f for f in named if f not in names]
+            if unknown:
+                raise ValueError(f"preprocessing step '{step.step}' names unknown inputs {unknown}")
+        return self
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.inputs]
+
+
+def parse_spec(data: Any, source: str) -> ModelSpec:
+    """Checks a parsed ``model.yaml``; errors name ``source``, the field and the rule broken."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a model spec must be a mapping; got {type(data).__name__}")
+    try:
+        return ModelSpec.model_validate(data)
+    except PydanticValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+            problems.append(f"field '{where}': {err['msg']}")
+        raise SpecError(f"{source}: " + "; ".join(problems)) from None
+
+
+def read_spec(folder: Path) -> ModelSpec:
+    """Reads and checks ``folder/model.yaml``."""
+    path = folder / SPEC_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no model spec here; every version folder needs one") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot be read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    return parse_spec(data, str(path))
+
+
+def write_spec(spec: ModelSpec, folder: Path) -> Path:
+    """Writes ``spec`` as ``folder/model.yaml`` and returns the path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / SPEC_FILE
+    data = spec.model_dump(mode="json", exclude_defaults=True)
+    data = {"name": spec.name, "version": spec.version, **data}
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path

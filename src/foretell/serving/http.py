@@ -1,0 +1,110 @@
+"""The REST transport: KServe V1 records routes and health, translated to the data plane."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from foretell.errors import ForetellError, InputFormatError
+from foretell.serving.dataplane import DataPlane
+
+#: Requests with larger bodies are refused before they are read in full.
+MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+async def _body(request: Request) -> Any:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _TooLarge()
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _TooLarge()
+        chunks.append(chunk)
+    try:
+        return orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError as exc:
+        raise InputFormatError(f"the request body is not valid JSON: {exc}") from None
+
+
+class _TooLarge(InputFormatError):
+    status = 413
+
+    def __init__(self) -> None:
+        super().__init__(f"the request body is larger than the limit of {MAX_BODY_BYTES} bytes")
+
+
+def create_app(plane: DataPlane) -> Starlette:
+    """The ASGI app serving ``plane``'s models."""
+
+    async def live(request: Request) -> Response:
+        return JSON({"live": True})
+
+    async def ready(request: Request) -> Response:
+        ok = plane.ready()
+        return JSON({"ready": ok}, status_code=200 if ok else 503)
+
+    async def models(request: Request) -> Response:
+        return JSON({"models": plane.catalogue()})
+
+    async def model(request: Request) -> Response:
+        return JSON(plane.describe(request.path_params["name"]))
+
+    async def predict(request: Request) -> Response:
+        name = request.path_params["name"]
+        plane.model(name)  # an unknown model is a 404 before the body is read
+        body = await _body(request)
+        if not isinstance(body, dict) or "instances" not in body:
+            raise InputFormatError(
+                'the body must be a JSON object with "instances": a list of records '
+                "(objects keyed by feature name) or of lists in schema order"
+            )
+        instances = body["instances"]
+        if not isinstance(instances, list):
+            raise InputFormatError(f'"instances" must be a list; got {type(instances).__name__}')
+        results = await run_in_threadpool(plane.predict, name, instances)
+        return JSON({"predictions": [r.to_dict() for r in results]})
+
+    async def foretell_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ForetellError)
+        return JSON(exc.to_json(), status_code=exc.status)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        messages = {404: f"no route {request.url.path}", 405: f"{request.method} not allowed"}
+        message = messages.get(exc.status_code, str(exc.detail))
+        return JSON({"error": message}, status_code=exc.status_code, headers=exc.headers)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return JSON({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+    routes = [
+        Route("/v2/health/live", live),
+        Route("/v2/health/ready", ready),
+        Route("/v1/models", models),
+        Route("/v1/models/{name}:predict", predict, methods=["POST"]),
+        Route("/v1/models/{name}", model),
+    ]
+    return Starlette(
+        routes=routes,
+        exception_handlers={
+            ForetellError: foretell_error,
+            HTTPException: http_error,
+            Exception: server_error,
+        },
+    )

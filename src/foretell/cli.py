@@ -31,7 +31,9 @@ err = Console(stderr=True)
 Repo = Annotated[
     Path,
     typer.Option(
-        "--repository", "-r", envvar="FORETELL_REPOSITORY",
+        "--repository",
+        "-r",
+        envvar="FORETELL_REPOSITORY",
         help="Model repository folder (<model>/<version>/model.yaml).",
     ),
 ]
@@ -74,9 +76,7 @@ def models(repository: Repo = DEFAULT_DATA / "models") -> None:
         spec = repo.get(name, serving).spec
         names = spec.feature_names
         shown = ", ".join(names[:3]) + (f", ... ({len(names)})" if len(names) > 3 else "")
-        table.add_row(
-            name, ", ".join(repo.versions(name)), serving, spec.task, spec.format, shown
-        )
+        table.add_row(name, ", ".join(repo.versions(name)), serving, spec.task, spec.format, shown)
     Console(width=200).print(table)
 
 
@@ -166,7 +166,9 @@ def serve(
     repository: Annotated[
         Path | None,
         typer.Option(
-            "--repository", "-r", envvar="FORETELL_REPOSITORY",
+            "--repository",
+            "-r",
+            envvar="FORETELL_REPOSITORY",
             help="Model repository; default: the examples, built into foretell-data/models.",
         ),
     ] = None,

@@ -13,7 +13,15 @@ import pandas as pd
 from foretell.examples import datasets
 from foretell.pipeline.preprocess import encode
 from foretell.repository.reference import compute_reference
-from foretell.repository.spec import Feature, ModelSpec, write_spec
+from foretell.repository.spec import (
+    Decision,
+    Feature,
+    ModelSpec,
+    Postprocess,
+    PreprocessStep,
+    Rule,
+    write_spec,
+)
 from foretell.runtimes.base import file_sha256
 
 SEED = 0
@@ -101,13 +109,13 @@ def breast_cancer(root: Path) -> list[ModelSpec]:
         "of a fine needle aspirate (scikit-learn's bundled Wisconsin data).",
         inputs=_numeric_inputs(frame),
         labels=[str(n) for n in data.target_names],
-        decision={
-            "rules": [
-                {"when": "probability[malignant] >= 0.9", "action": "refer"},
-                {"when": "probability[malignant] >= 0.3", "action": "review"},
+        decision=Decision(
+            rules=[
+                Rule(when="probability[malignant] >= 0.9", action="refer"),
+                Rule(when="probability[malignant] >= 0.3", action="review"),
             ],
-            "default": "routine",
-        },
+            default="routine",
+        ),
     )
     model = GradientBoostingClassifier(n_estimators=100, max_depth=2, random_state=SEED)
     model.fit(encode(base, frame), data.target.to_numpy())
@@ -135,7 +143,7 @@ def diabetes(root: Path) -> list[ModelSpec]:
         description="Disease progression one year after baseline, from age, sex, body mass "
         "index, blood pressure and six blood serum measurements (s1-s6).",
         inputs=_numeric_inputs(frame),
-        decision={"rules": [{"when": "value >= 200", "action": "follow_up"}], "default": "routine"},
+        decision=Decision(rules=[Rule(when="value >= 200", action="follow_up")], default="routine"),
     )
     model = make_pipeline(StandardScaler(), Ridge(alpha=1.0))
     model.fit(encode(spec, frame), data.target.to_numpy())
@@ -159,7 +167,7 @@ def iris_segments(root: Path) -> list[ModelSpec]:
         artifact="model.skops",
         description="Groups iris flowers into three segments by sepal and petal size.",
         inputs=_numeric_inputs(frame),
-        decision={"rules": [{"when": "distance > 3", "action": "outlier"}], "default": "assigned"},
+        decision=Decision(rules=[Rule(when="distance > 3", action="outlier")], default="assigned"),
     )
     model = make_pipeline(StandardScaler(), KMeans(n_clusters=3, n_init=10, random_state=SEED))
     clusters = model.fit_predict(encode(spec, frame))
@@ -197,7 +205,7 @@ def card_fraud(root: Path) -> list[ModelSpec]:
         description="Scores card transactions for fraud by how unusual they look "
         "(generated data); higher scores are more anomalous.",
         inputs=inputs,
-        preprocessing=[{"step": "log1p", "features": ["amount", "distance_from_home_km"]}],
+        preprocessing=[PreprocessStep(step="log1p", features=["amount", "distance_from_home_km"])],
     )
     model = IsolationForest(n_estimators=200, contamination=0.02, random_state=SEED)
     x = encode(spec, features)
@@ -251,14 +259,11 @@ def item_recommender(root: Path) -> list[ModelSpec]:
             Feature(name="items", dtype="list", categories=items, nullable=True),
         ],
         preprocessing=[
-            {
-                "step": "user_history",
-                "source": "user",
-                "features": ["items"],
-                "file": "history.json",
-            },
+            PreprocessStep(
+                step="user_history", source="user", features=["items"], file="history.json"
+            )
         ],
-        postprocessing={"top_k": 5, "exclude_seen": True},
+        postprocessing=Postprocess(top_k=5, exclude_seen=True),
     )
     train = pd.DataFrame({"user": list(history), "items": list(history.values())})
 
@@ -310,10 +315,9 @@ def sentiment(root: Path) -> list[ModelSpec]:
         description="Is a short review negative or positive? Raw text in.",
         inputs=[Feature(name="text", dtype="text", max_length=5000)],
         labels=["negative", "positive"],
-        decision={
-            "rules": [{"when": "probability[negative] >= 0.8", "action": "escalate"}],
-            "default": "none",
-        },
+        decision=Decision(
+            rules=[Rule(when="probability[negative] >= 0.8", action="escalate")], default="none"
+        ),
     )
     model = make_pipeline(
         TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1),

@@ -126,7 +126,7 @@ class Model:
                     model=self.spec.name,
                     version=self.spec.version,
                     outputs=outputs[j] if j is not None else {},
-                    decision=decisions[j] if j is not None else None,
+                    decision=str(decisions[j]) if j is not None else None,
                     flags=found if j is not None else [],
                     error=None if j is not None else "; ".join(v.message for v in found),
                     timings_ms=timings,

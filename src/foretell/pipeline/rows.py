@@ -43,7 +43,7 @@ def to_columns(rows: Rows, names: list[str]) -> Columns:
             "rows must be a list of records (objects keyed by feature name) or of lists in "
             f"schema order; got {type(rows).__name__}"
         )
-    records = list(rows)
+    records: list[Any] = list(rows)
     if all(isinstance(r, Mapping) for r in records):
         return Columns({n: [r.get(n) for r in records] for n in names}, len(records))
     width = len(names)

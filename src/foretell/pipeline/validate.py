@@ -90,37 +90,39 @@ class Validator:
                     )
                     continue
         missing = np.isnan(values)
-        for i in np.flatnonzero(missing):
-            if not f.nullable and not any(v.field == f.name for v in checked.violations.get(i, [])):
-                self._add(checked, int(i), f, "required", f"feature '{f.name}' is required")
+        for idx in np.flatnonzero(missing):
+            if not f.nullable and not any(
+                v.field == f.name for v in checked.violations.get(int(idx), [])
+            ):
+                self._add(checked, int(idx), f, "required", f"feature '{f.name}' is required")
         if f.impute is not None:
             values = np.where(missing, float(f.impute), values)
         present = ~np.isnan(values)
         bad = np.isinf(values)
-        for i in np.flatnonzero(bad):
-            self._add(checked, int(i), f, "finite", f"feature '{f.name}' must be finite")
+        for idx in np.flatnonzero(bad):
+            self._add(checked, int(idx), f, "finite", f"feature '{f.name}' must be finite")
         ok = present & ~bad
         if f.dtype == "int":
-            for i in np.flatnonzero(ok & (values != np.round(values))):
+            for idx in np.flatnonzero(ok & (values != np.round(values))):
                 self._add(
                     checked,
-                    int(i),
+                    int(idx),
                     f,
                     "type",
-                    f"feature '{f.name}' must be {_describe(f)}; got {values[i]:g}",
+                    f"feature '{f.name}' must be {_describe(f)}; got {values[idx]:g}",
                 )
         if f.dtype == "bool":
-            for i in np.flatnonzero(ok & (values != 0) & (values != 1)):
-                self._add(checked, int(i), f, "type", f"feature '{f.name}' must be true or false")
+            for idx in np.flatnonzero(ok & (values != 0) & (values != 1)):
+                self._add(checked, int(idx), f, "type", f"feature '{f.name}' must be true or false")
         low = -np.inf if f.min is None else f.min
         high = np.inf if f.max is None else f.max
-        for i in np.flatnonzero(ok & ((values < low) | (values > high))):
+        for idx in np.flatnonzero(ok & ((values < low) | (values > high))):
             self._add(
                 checked,
-                int(i),
+                int(idx),
                 f,
                 "range",
-                f"feature '{f.name}' must be {_describe(f)}; got {values[i]:g}",
+                f"feature '{f.name}' must be {_describe(f)}; got {values[idx]:g}",
             )
         return values
 

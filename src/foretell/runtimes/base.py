@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from foretell.errors import ModelLoadError, UnsafeModelError
+from foretell.errors import ForetellError, ModelLoadError, UnsafeModelError
 from foretell.repository.spec import ModelSpec
 
 #: What ``Runtime.predict`` returns, by task: the canonical raw outputs the pipeline expects.
@@ -81,7 +81,16 @@ class Runtime(ABC):
 
     def load(self) -> None:
         """Checks the artifact, then reads it with the format's library."""
-        self._load(self.check_artifact())
+        path = self.check_artifact()
+        try:
+            self._load(path)
+        except ForetellError:
+            raise
+        except Exception as exc:  # every library has its own errors for a broken file
+            raise ModelLoadError(
+                f"{self.spec.name}/{self.spec.version}: cannot read {self.format} artifact "
+                f"'{self.spec.artifact}': {type(exc).__name__}: {exc}"
+            ) from exc
 
     @abstractmethod
     def _load(self, path: Path) -> None:

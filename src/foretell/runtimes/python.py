@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +35,18 @@ class PythonRuntime(Runtime):
                 f"{self.spec.name}: a 'python' model needs runtime option 'class', the name "
                 f"of the class in {path.name}"
             )
-        module_spec = importlib.util.spec_from_file_location(
-            f"foretell_user_model_{self.spec.name}_{self.spec.version}".replace("-", "_"), path
-        )
+        raw = f"foretell_user_model_{self.spec.name}_{self.spec.version}"
+        module_name = re.sub(r"\W", "_", raw)
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
         if module_spec is None or module_spec.loader is None:
             raise ModelLoadError(f"{self.spec.name}: {path.name} is not an importable file")
         module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
+        sys.modules[module_name] = module  # dataclasses and pickling look the module up here
+        try:
+            module_spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(module_name, None)
+            raise
         cls = getattr(module, class_name, None)
         if cls is None:
             raise ModelLoadError(f"{self.spec.name}: {path.name} has no class '{class_name}'")

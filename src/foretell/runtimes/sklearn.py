@@ -42,6 +42,8 @@ class SklearnRuntime(Runtime):
                 f"{self.spec.name}: artifact '{path.name}' must end in .skops, .joblib or .pkl"
             )
         self.method = self._method()
+        names = getattr(self.estimator, "feature_names_in_", None)
+        self.feature_names = None if names is None else list(names)
 
     def _load_skops(self, path: Path) -> Any:
         import skops.io as sio
@@ -68,4 +70,8 @@ class SklearnRuntime(Runtime):
         return est.predict
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        if self.feature_names is not None:  # fitted on a DataFrame: give it its column names
+            import pandas as pd
+
+            return np.asarray(self.method(pd.DataFrame(x, columns=self.feature_names)))
         return np.asarray(self.method(x))

@@ -15,7 +15,9 @@ class TorchScriptRuntime(Runtime):
     """A ``torch.jit`` archive run on the CPU without gradients.
 
     The module takes one float32 tensor of shape (rows, features). Classifiers may return
-    logits: set runtime option ``outputs: logits`` and a softmax turns them to probabilities.
+    logits: set runtime option ``outputs: logits`` and a softmax (a sigmoid for a single logit
+    column) turns them to probabilities. ``torch.set_num_threads`` is process-wide, so option
+    ``threads`` applies to every TorchScript model in the process.
     """
 
     format = "torchscript"
@@ -27,7 +29,7 @@ class TorchScriptRuntime(Runtime):
             raise MissingExtraError("torch", "torch", "a TorchScript model") from None
         self.torch: Any = torch
         torch.set_num_threads(int(self.options.get("threads", 1)))
-        self.module = torch.jit.load(str(path), map_location="cpu")
+        self.module = self.torch.jit.load(str(path), map_location="cpu")
         self.module.eval()
         self.logits = self.options.get("outputs") == "logits"
 
@@ -35,6 +37,7 @@ class TorchScriptRuntime(Runtime):
         torch = self.torch
         with torch.inference_mode():
             out = self.module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-            if self.logits:
-                out = torch.softmax(out, dim=1)
+            if self.logits:  # one logit column is a binary model's positive class
+                single = out.ndim == 1 or out.shape[1] == 1
+                out = torch.sigmoid(out) if single else torch.softmax(out, dim=1)
         return np.asarray(out.numpy(), dtype=np.float64)

@@ -13,8 +13,14 @@ import pandas as pd
 from foretell.errors import InputFormatError, NotFoundError
 
 FILE_FORMATS = ("csv", "json", "jsonl", "parquet")
-_SUFFIXES = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
-             ".parquet": "parquet", ".pq": "parquet"}
+_SUFFIXES = {
+    ".csv": "csv",
+    ".json": "json",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 
 
 def detect_format(path: str, data: bytes | None = None) -> str:
@@ -57,8 +63,11 @@ def read_rows(path: str, fmt: str | None = None) -> list[dict[str, Any]] | pd.Da
         if fmt == "parquet":
             return pd.read_parquet(io.BytesIO(data))
         if fmt == "jsonl":
-            return [_record(orjson.loads(line), i + 1) for i, line in
-                    enumerate(data.splitlines()) if line.strip()]
+            return [
+                _record(orjson.loads(line), i + 1)
+                for i, line in enumerate(data.splitlines())
+                if line.strip()
+            ]
         return _records(orjson.loads(data))
     except orjson.JSONDecodeError as exc:
         raise InputFormatError(f"'{path}' is not valid {fmt.upper()}: {exc}") from None

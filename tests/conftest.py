@@ -56,9 +56,8 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = (cwd or Path.cwd()) / f"server-{self.port}.log"
         command = [sys.executable, "-m", "foretell", "serve", "--port", str(self.port), *args]
-        self.process = subprocess.Popen(
-            command, cwd=cwd, stdout=self.log.open("wb"), stderr=subprocess.STDOUT
-        )
+        with self.log.open("wb") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -26,7 +26,7 @@ app = typer.Typer(
 )
 examples_app = typer.Typer(help="The example models of every task kind.", no_args_is_help=True)
 app.add_typer(examples_app, name="examples")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 Repo = Annotated[
     Path,
@@ -41,7 +41,7 @@ Repo = Annotated[
 
 def fail(message: str, exit_code: int = 1) -> typer.Exit:
     """Prints ``Error: message`` to stderr; raise the result to end with ``exit_code``."""
-    err.print(f"Error: {message}", markup=False, highlight=False, soft_wrap=True)
+    err.print(f"Error: {message}", markup=False, highlight=False)
     return typer.Exit(exit_code)
 
 

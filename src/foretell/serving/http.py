@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -17,6 +18,21 @@ from foretell.serving.dataplane import DataPlane
 
 #: Requests with larger bodies are refused before they are read in full.
 MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+class ModelName(Convertor[str]):
+    """A model name in a path: no slash and no colon, so ``name:verb`` routes stay distinct."""
+
+    regex = "[^/:]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("model", ModelName())
 
 
 class JSON(Response):
@@ -97,8 +113,8 @@ def create_app(plane: DataPlane) -> Starlette:
         Route("/v2/health/live", live),
         Route("/v2/health/ready", ready),
         Route("/v1/models", models),
-        Route("/v1/models/{name}:predict", predict, methods=["POST"]),
-        Route("/v1/models/{name}", model),
+        Route("/v1/models/{name:model}:predict", predict, methods=["POST"]),
+        Route("/v1/models/{name:model}", model),
     ]
     return Starlette(
         routes=routes,

@@ -10,8 +10,15 @@ import pandas as pd
 
 from foretell.errors import InputFormatError
 
-#: What ``Model.predict`` accepts: records, rows in schema order, a DataFrame or a 2-D array.
-Rows = Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]] | pd.DataFrame | np.ndarray
+#: What ``Model.predict`` accepts: records, rows in schema order, a DataFrame, a 2-D array, or
+#: a mapping of feature name to a column (a list or 1-D array, all of one length).
+Rows = (
+    Sequence[Mapping[str, Any]]
+    | Sequence[Sequence[Any]]
+    | pd.DataFrame
+    | np.ndarray
+    | Mapping[str, Sequence[Any] | np.ndarray]
+)
 
 
 class Columns:
@@ -38,7 +45,9 @@ def to_columns(rows: Rows, names: list[str]) -> Columns:
                 f"{names}; got shape {rows.shape}"
             )
         return Columns({n: matrix[:, i] for i, n in enumerate(names)}, len(matrix))
-    if isinstance(rows, Mapping | str | bytes) or not isinstance(rows, Sequence):
+    if isinstance(rows, Mapping):
+        return _mapping_columns(rows, names)
+    if isinstance(rows, str | bytes) or not isinstance(rows, Sequence):
         raise InputFormatError(
             "rows must be a list of records (objects keyed by feature name) or of lists in "
             f"schema order; got {type(rows).__name__}"
@@ -59,3 +68,17 @@ def to_columns(rows: Rows, names: list[str]) -> Columns:
                 f"row {i} must have {width} values in the order {names}; got {len(r)}"
             )
     return Columns({n: [r[i] for r in records] for i, n in enumerate(names)}, len(records))
+
+
+def _mapping_columns(columns: Mapping[str, Any], names: list[str]) -> Columns:
+    lengths = {len(c) for c in columns.values() if isinstance(c, Sequence | np.ndarray)}
+    if len(lengths) != 1 or not all(
+        isinstance(c, Sequence | np.ndarray) and not isinstance(c, str | bytes)
+        for c in columns.values()
+    ):
+        raise InputFormatError(
+            f"columns must all be lists or 1-D arrays of one length; got lengths {sorted(lengths)}"
+        )
+    (length,) = lengths
+    missing = [None] * length
+    return Columns({n: columns.get(n, missing) for n in names}, length)

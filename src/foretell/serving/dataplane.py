@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,23 +27,89 @@ class ModelState:
     model: Model | None = None
     reason: str = ""
     load_seconds: float = 0.0
+    #: Unloaded on request: not served, and not counted against readiness.
+    unloaded: bool = False
+    in_flight: int = 0
 
     @property
     def ready(self) -> bool:
         return self.model is not None
 
+    @property
+    def state(self) -> str:
+        """The model repository extension's state name."""
+        return "READY" if self.ready else "UNAVAILABLE"
+
 
 class DataPlane:
     """Loads every model of a repository and answers predictions; knows nothing of the wire."""
 
+    #: How long an unload waits for in-flight requests of the model to finish.
+    DRAIN_SECONDS = 30.0
+
     def __init__(self, repository: Repository) -> None:
         self.repository = repository
         self.states: dict[str, ModelState] = {}
+        self._changed = threading.Condition()
 
     def load_all(self) -> None:
         """Loads the serving version of every model; a failure marks that model not ready."""
         for name in self.repository.names():
             self.states[name] = self._load(name)
+
+    def load(self, name: str) -> ModelState:
+        """(Re)loads ``name``'s serving version; requests in flight finish on the old one."""
+        if name not in self.repository.names():
+            raise NotFoundError(
+                f"model '{name}' is not in the repository; models: "
+                f"{', '.join(self.repository.names()) or 'none'}"
+            )
+        state = self._load(name)
+        with self._changed:  # requests in flight keep the old state and its model
+            self.states[name] = state
+        return state
+
+    def unload(self, name: str) -> None:
+        """Stops serving ``name`` after its in-flight requests finish (bounded wait)."""
+        with self._changed:
+            state = self.states.get(name)
+            if state is None:
+                raise NotFoundError(f"model '{name}' is not served here")
+            state.unloaded = True
+            state.reason = "unloaded"
+            self._changed.wait_for(lambda: state.in_flight == 0, timeout=self.DRAIN_SECONDS)
+            state.model = None
+
+    @contextmanager
+    def using(self, name: str, version: str | None = None) -> Iterator[Model]:
+        """The model ``name``, counted as in flight until the block ends."""
+        with self._changed:
+            model = self.model(name, version)
+            state = self.states[name]
+            state.in_flight += 1
+        try:
+            yield model
+        finally:
+            with self._changed:
+                state.in_flight -= 1
+                self._changed.notify_all()
+
+    def index(self) -> list[dict[str, Any]]:
+        """Every model of the repository with its state and the reason when not ready."""
+        entries = []
+        for name in self.repository.names():
+            state = self.states.get(name)
+            entry: dict[str, Any] = {"name": name}
+            if state is None:
+                entry.update(state="UNAVAILABLE", reason="not loaded")
+            else:
+                if state.version:
+                    entry["version"] = state.version
+                entry["state"] = state.state
+                if state.reason:
+                    entry["reason"] = state.reason
+            entries.append(entry)
+        return entries
 
     def _load(self, name: str) -> ModelState:
         started = time.perf_counter()
@@ -58,8 +127,9 @@ class DataPlane:
         return state
 
     def ready(self) -> bool:
-        """True when there is at least one model and every one of them loaded."""
-        return bool(self.states) and all(s.ready for s in self.states.values())
+        """True when at least one model is served and every model not unloaded is loaded."""
+        wanted = [s for s in self.states.values() if not s.unloaded]
+        return bool(wanted) and all(s.ready for s in wanted)
 
     def model(self, name: str, version: str | None = None) -> Model:
         """The loaded model ``name``; ``version`` must be the one served, when given."""
@@ -76,7 +146,8 @@ class DataPlane:
         return state.model
 
     def predict(self, name: str, rows: Rows, version: str | None = None) -> list[Prediction]:
-        return self.model(name, version).predict(rows)
+        with self.using(name, version) as model:
+            return model.predict(rows)
 
     def describe(self, name: str) -> dict[str, Any]:
         """A model's spec summary and input schema."""

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -15,58 +12,15 @@ from starlette.routing import Route
 
 from foretell.errors import ForetellError, InputFormatError
 from foretell.serving.dataplane import DataPlane
+from foretell.serving.rest_v2 import JSON, read_body, v2_routes
+from foretell.serving.v2 import V2
 
 #: Requests with larger bodies are refused before they are read in full.
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
-class ModelName(Convertor[str]):
-    """A model name in a path: no slash and no colon, so ``name:verb`` routes stay distinct."""
-
-    regex = "[^/:]+"
-
-    def convert(self, value: str) -> str:
-        return value
-
-    def to_string(self, value: str) -> str:
-        return value
-
-
-register_url_convertor("model", ModelName())
-
-
-class JSON(Response):
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-async def _body(request: Request) -> Any:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _TooLarge()
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise _TooLarge()
-        chunks.append(chunk)
-    try:
-        return orjson.loads(b"".join(chunks))
-    except orjson.JSONDecodeError as exc:
-        raise InputFormatError(f"the request body is not valid JSON: {exc}") from None
-
-
-class _TooLarge(InputFormatError):
-    status = 413
-
-    def __init__(self) -> None:
-        super().__init__(f"the request body is larger than the limit of {MAX_BODY_BYTES} bytes")
-
-
-def create_app(plane: DataPlane) -> Starlette:
-    """The ASGI app serving ``plane``'s models."""
+def create_app(plane: DataPlane, max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:
+    """The ASGI app serving ``plane``'s models: KServe V1 records and the V2 protocol."""
 
     async def live(request: Request) -> Response:
         return JSON({"live": True})
@@ -84,7 +38,10 @@ def create_app(plane: DataPlane) -> Starlette:
     async def predict(request: Request) -> Response:
         name = request.path_params["name"]
         plane.model(name)  # an unknown model is a 404 before the body is read
-        body = await _body(request)
+        try:
+            body = orjson.loads(await read_body(request, max_body_bytes))
+        except orjson.JSONDecodeError as exc:
+            raise InputFormatError(f"the request body is not valid JSON: {exc}") from None
         if not isinstance(body, dict) or "instances" not in body:
             raise InputFormatError(
                 'the body must be a JSON object with "instances": a list of records '
@@ -117,7 +74,7 @@ def create_app(plane: DataPlane) -> Starlette:
         Route("/v1/models/{name:model}", model),
     ]
     return Starlette(
-        routes=routes,
+        routes=[*routes, *v2_routes(V2(plane), max_body_bytes)],
         exception_handlers={
             ForetellError: foretell_error,
             HTTPException: http_error,

@@ -1,0 +1,233 @@
+"""Open Inference Protocol over REST: routes, and JSON or binary tensor bodies.
+
+A body with an ``Inference-Header-Content-Length`` header is a JSON header followed by raw
+tensor blobs (the binary tensor data extension); any other body is plain JSON. Clients such
+as ``tritonclient.http`` send no Content-Type, so only that header tells the two apart.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from foretell.errors import InputFormatError, ModelLoadError
+from foretell.serving.tensors import Tensor, check_header, from_bytes, from_json, to_bytes
+from foretell.serving.v2 import V2, InferRequest, InferResponse, RequestedOutput
+
+HEADER_LENGTH = "inference-header-content-length"
+
+
+class ModelName(Convertor[str]):
+    """A model name or version in a path: no slash and no colon (``name:verb`` stays distinct)."""
+
+    regex = "[^/:]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("model", ModelName())
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class TooLarge(InputFormatError):
+    status = 413
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, decompressed when gzip or deflate, refused past ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"the request body is larger than the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"the request body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise InputFormatError(
+            f"Content-Encoding must be gzip, deflate or identity; got {encoding}"
+        )
+    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+    try:
+        inflater = zlib.decompressobj(wbits)
+        plain = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InputFormatError(
+            f"the {encoding} request body cannot be decompressed: {exc}"
+        ) from None
+    if len(plain) > limit or inflater.unconsumed_tail:
+        raise TooLarge(f"the decompressed request body is larger than the limit of {limit} bytes")
+    return plain
+
+
+def parse_infer(
+    body: bytes, header_length: str | None, model: str, version: str | None
+) -> InferRequest:
+    """An InferRequest from a JSON body, or a JSON header plus binary blobs."""
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise InputFormatError(
+                f"Inference-Header-Content-Length is {header_length!r}, but the body has "
+                f"{len(body)} bytes"
+            )
+        split = int(header_length)
+        head, blobs = body[:split], memoryview(body)[split:]
+    else:
+        head, blobs = body, memoryview(b"")
+    try:
+        data = orjson.loads(head)
+    except orjson.JSONDecodeError as exc:
+        raise InputFormatError(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("inputs"), list):
+        raise InputFormatError('the body must be a JSON object with an "inputs" list of tensors')
+    inputs, offset = [], 0
+    for i, item in enumerate(data["inputs"]):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InputFormatError(f"input {i} must be an object with a string 'name'")
+        name = item["name"]
+        datatype, shape = check_header(name, item.get("datatype"), item.get("shape"))
+        params = _parameters(item.get("parameters"), f"input '{name}'")
+        size = params.get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(blobs):
+                raise InputFormatError(
+                    f"input '{name}' has binary_data_size {size!r}, but only "
+                    f"{len(blobs) - offset} bytes of binary data remain"
+                )
+            array = from_bytes(name, datatype, shape, bytes(blobs[offset : offset + size]))
+            offset += size
+        elif "data" in item:
+            array = from_json(name, datatype, shape, item["data"])
+        else:
+            raise InputFormatError(f"input '{name}' has neither 'data' nor binary_data_size")
+        inputs.append(Tensor(name, datatype, shape, array, params))
+    if offset != len(blobs):
+        raise InputFormatError(f"{len(blobs) - offset} bytes of binary data belong to no input")
+    outputs = None
+    if data.get("outputs") is not None:
+        if not isinstance(data["outputs"], list):
+            raise InputFormatError('"outputs" must be a list of {"name": ...} objects')
+        outputs = []
+        for item in data["outputs"]:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise InputFormatError('each requested output must be {"name": ...}')
+            outputs.append(
+                RequestedOutput(item["name"], _parameters(item.get("parameters"), "output"))
+            )
+    request_id = data.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InputFormatError(f'"id" must be a string; got {type(request_id).__name__}')
+    return InferRequest(
+        model, version, inputs, outputs, request_id, _parameters(data.get("parameters"), "request")
+    )
+
+
+def _parameters(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InputFormatError(f"the parameters of {where} must be an object")
+    return value
+
+
+def render_infer(request: InferRequest, response: InferResponse) -> Response:
+    """JSON, or JSON header plus binary blobs for the outputs that asked for binary data."""
+    all_binary = bool(request.parameters.get("binary_data_output", False))
+    blobs = []
+    for tensor in response.outputs:
+        wants = tensor.parameters.pop("binary_data", all_binary)
+        if wants:
+            blob = to_bytes(tensor)
+            tensor.parameters["binary_data_size"] = len(blob)
+            blobs.append(blob)
+    header = orjson.dumps(response.to_json())
+    if not blobs:
+        return Response(header, media_type="application/json")
+    return Response(
+        header + b"".join(blobs),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+
+
+def v2_routes(v2: V2, limit: int) -> list[Route]:
+    """The Open Inference Protocol's REST routes, each with and without ``/versions/{v}``."""
+
+    async def server_metadata(request: Request) -> Response:
+        return JSON(v2.server_metadata())
+
+    async def model_metadata(request: Request) -> Response:
+        params = request.path_params
+        return JSON(v2.model_metadata(params["name"], params.get("version")))
+
+    async def model_ready(request: Request) -> Response:
+        name, version = request.path_params["name"], request.path_params.get("version")
+        if v2.model_ready(name, version):
+            return JSON({"name": name, "ready": True})
+        return JSON({"error": f"model '{name}' is not ready", "name": name, "ready": False}, 503)
+
+    async def infer(request: Request) -> Response:
+        name, version = request.path_params["name"], request.path_params.get("version")
+        v2.plane.model(name, version)  # unknown or unready models fail before the body is read
+        body = await read_body(request, limit)
+        infer_request = parse_infer(body, request.headers.get(HEADER_LENGTH), name, version)
+        response = await run_in_threadpool(v2.infer, infer_request)
+        return render_infer(infer_request, response)
+
+    async def index(request: Request) -> Response:
+        body = await read_body(request, limit)
+        try:
+            options = orjson.loads(body) if body.strip() else {}
+        except orjson.JSONDecodeError as exc:
+            raise InputFormatError(f"the request body is not valid JSON: {exc}") from None
+        entries = v2.plane.index()
+        if isinstance(options, dict) and options.get("ready"):
+            entries = [e for e in entries if e["state"] == "READY"]
+        return JSON(entries)
+
+    async def load(request: Request) -> Response:
+        state = await run_in_threadpool(v2.plane.load, request.path_params["name"])
+        if not state.ready:
+            raise ModelLoadError(f"model '{state.name}' failed to load: {state.reason}")
+        return JSON({})
+
+    async def unload(request: Request) -> Response:
+        await run_in_threadpool(v2.plane.unload, request.path_params["name"])
+        return JSON({})
+
+    model = "/v2/models/{name:model}"
+    versioned = model + "/versions/{version:model}"
+    return [
+        Route("/v2", server_metadata),
+        Route(model + "/infer", infer, methods=["POST"]),
+        Route(versioned + "/infer", infer, methods=["POST"]),
+        Route(model + "/ready", model_ready),
+        Route(versioned + "/ready", model_ready),
+        Route(versioned, model_metadata),
+        Route(model, model_metadata),
+        Route("/v2/repository/index", index, methods=["POST"]),
+        Route("/v2/repository/models/{name:model}/load", load, methods=["POST"]),
+        Route("/v2/repository/models/{name:model}/unload", unload, methods=["POST"]),
+    ]

@@ -1,0 +1,139 @@
+"""Tensors of the Open Inference Protocol: datatypes, and their JSON and binary encodings."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from foretell.errors import InputFormatError
+
+#: Open Inference Protocol datatype -> numpy dtype (little-endian); BYTES is an object array.
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(object),
+}
+
+
+@dataclass
+class Tensor:
+    """A named tensor: ``data`` is a numpy array of ``shape`` (BYTES elements are ``bytes``)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    data: np.ndarray
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def check_header(name: str, datatype: Any, shape: Any) -> tuple[str, list[int]]:
+    """Checks a tensor's datatype and shape as sent by a caller."""
+    if datatype not in DATATYPES:
+        raise InputFormatError(
+            f"input '{name}' has datatype {datatype!r}; expected one of {', '.join(DATATYPES)}"
+        )
+    if not isinstance(shape, list | tuple) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise InputFormatError(
+            f"input '{name}' needs a shape of non-negative integers; got {shape!r}"
+        )
+    return str(datatype), [int(d) for d in shape]
+
+
+def from_json(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarray:
+    """A tensor from JSON ``data``: flat or nested lists in row-major order."""
+    expected = int(np.prod(shape)) if shape else 1
+    flat = _flatten(data)
+    if len(flat) != expected:
+        raise InputFormatError(
+            f"input '{name}' has shape {shape}, so {expected} elements; got {len(flat)}"
+        )
+    if datatype == "BYTES":
+        if not all(isinstance(v, str | bytes) for v in flat):
+            raise InputFormatError(f"input '{name}' is BYTES, so its elements must be strings")
+        out = np.empty(len(flat), dtype=object)
+        out[:] = [v.encode() if isinstance(v, str) else v for v in flat]
+        return out.reshape(shape)
+    try:
+        return np.asarray(flat, dtype=DATATYPES[datatype]).reshape(shape)
+    except (TypeError, ValueError, OverflowError):
+        raise InputFormatError(
+            f"input '{name}' is {datatype}, but its data holds values that are not; "
+            f"first values: {flat[:3]!r}"
+        ) from None
+
+
+def _flatten(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    if not data or not isinstance(data[0], list):
+        return data
+    flat: list[Any] = []
+    for item in data:
+        flat.extend(_flatten(item))
+    return flat
+
+
+def from_bytes(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndarray:
+    """A tensor from its raw binary form (little-endian; BYTES length-prefixed)."""
+    count = int(np.prod(shape)) if shape else 1
+    if datatype == "BYTES":
+        items, offset = [], 0
+        while offset < len(raw):
+            if offset + 4 > len(raw):
+                raise InputFormatError(f"input '{name}': truncated BYTES length prefix")
+            (length,) = struct.unpack_from("<I", raw, offset)
+            offset += 4
+            if offset + length > len(raw):
+                raise InputFormatError(f"input '{name}': a BYTES element runs past the data")
+            items.append(raw[offset : offset + length])
+            offset += length
+        if len(items) != count:
+            raise InputFormatError(
+                f"input '{name}' has shape {shape}, so {count} elements; got {len(items)}"
+            )
+        out = np.empty(count, dtype=object)
+        out[:] = items
+        return out.reshape(shape)
+    dtype = DATATYPES[datatype]
+    if len(raw) != count * dtype.itemsize:
+        raise InputFormatError(
+            f"input '{name}' is {datatype} of shape {shape}, so {count * dtype.itemsize} bytes; "
+            f"got {len(raw)}"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def to_bytes(tensor: Tensor) -> bytes:
+    """The raw binary form of a tensor."""
+    if tensor.datatype == "BYTES":
+        parts = []
+        for item in tensor.data.reshape(-1):
+            value = item if isinstance(item, bytes) else str(item).encode()
+            parts.append(struct.pack("<I", len(value)) + value)
+        return b"".join(parts)
+    array = np.ascontiguousarray(tensor.data, dtype=DATATYPES[tensor.datatype])
+    return array.tobytes()
+
+
+def to_json_data(tensor: Tensor) -> list[Any]:
+    """The flat, row-major JSON data of a tensor."""
+    flat = tensor.data.reshape(-1)
+    if tensor.datatype == "BYTES":
+        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat]
+    result: list[Any] = flat.tolist()
+    return result

@@ -1,0 +1,256 @@
+"""The Open Inference Protocol (KServe V2) data plane, shared by the REST and gRPC transports.
+
+Transports turn their wire format into an :class:`InferRequest` and back from an
+:class:`InferResponse`; everything protocol-level but the encoding happens here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+import foretell
+from foretell.errors import InputFormatError, NotFoundError
+from foretell.pipeline import Prediction
+from foretell.repository.spec import Feature, ModelSpec
+from foretell.serving.dataplane import DataPlane
+from foretell.serving.tensors import Tensor
+
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
+_FEATURE_TYPES = {"float": "FP64", "int": "INT64", "bool": "BOOL"}
+#: The name of the single 2-D input that carries whole rows in schema order.
+ROWS_INPUT = "input"
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InferRequest:
+    model: str
+    version: str | None
+    inputs: list[Tensor]
+    outputs: list[RequestedOutput] | None = None
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InferResponse:
+    model_name: str
+    model_version: str
+    outputs: list[Tensor]
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self, data: bool = True) -> dict[str, Any]:
+        """The JSON body; with ``data=False`` outputs carry no ``data`` (it travels as binary)."""
+        from foretell.serving.tensors import to_json_data
+
+        body: dict[str, Any] = {"model_name": self.model_name, "model_version": self.model_version}
+        if self.id is not None:
+            body["id"] = self.id
+        if self.parameters:
+            body["parameters"] = self.parameters
+        body["outputs"] = [
+            {
+                "name": t.name,
+                "datatype": t.datatype,
+                "shape": t.shape,
+                **({"parameters": t.parameters} if t.parameters else {}),
+                **(
+                    {"data": to_json_data(t)}
+                    if data and "binary_data_size" not in t.parameters
+                    else {}
+                ),
+            }
+            for t in self.outputs
+        ]
+        return body
+
+
+def takes_rows(spec: ModelSpec) -> bool:
+    """Whether the model advertises one 2-D FP64 tensor of rows (all-numeric inputs)."""
+    return all(f.dtype in _FEATURE_TYPES for f in spec.inputs)
+
+
+def input_metadata(spec: ModelSpec) -> list[dict[str, Any]]:
+    if takes_rows(spec):
+        return [{"name": ROWS_INPUT, "datatype": "FP64", "shape": [-1, len(spec.inputs)]}]
+    return [
+        {"name": f.name, "datatype": _FEATURE_TYPES.get(f.dtype, "BYTES"), "shape": [-1]}
+        for f in spec.inputs
+    ]
+
+
+def output_metadata(spec: ModelSpec) -> list[dict[str, Any]]:
+    k = len(spec.labels or [])
+    per_task: dict[str, list[tuple[str, str, list[int]]]] = {
+        "classification": [("label", "BYTES", [-1]), ("probabilities", "FP64", [-1, k])],
+        "regression": [("value", "FP64", [-1])],
+        "clustering": [
+            ("cluster", "INT64", [-1]),
+            ("cluster_name", "BYTES", [-1]),
+            ("distance", "FP64", [-1]),
+        ],
+        "anomaly_detection": [("score", "FP64", [-1]), ("is_anomaly", "BOOL", [-1])],
+        "recommendation": [
+            ("items", "BYTES", [-1, spec.postprocessing.top_k or 5]),
+            ("scores", "FP64", [-1, spec.postprocessing.top_k or 5]),
+        ],
+    }
+    per_task["text_classification"] = per_task["classification"]
+    outputs = [*per_task[spec.task], ("decision", "BYTES", [-1]), ("prediction_id", "BYTES", [-1])]
+    if spec.on_invalid == "flag":
+        outputs.append(("error", "BYTES", [-1]))
+    return [{"name": n, "datatype": d, "shape": s} for n, d, s in outputs]
+
+
+class V2:
+    """Open Inference Protocol operations over a :class:`DataPlane`."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "foretell", "version": foretell.__version__, "extensions": EXTENSIONS}
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        spec = self.plane.model(name, version).spec
+        return {
+            "name": spec.name,
+            "versions": [spec.version],
+            "platform": f"foretell_{spec.format}",
+            "inputs": input_metadata(spec),
+            "outputs": output_metadata(spec),
+        }
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        try:
+            self.plane.model(name, version)
+        except NotFoundError:
+            raise
+        except foretell.ForetellError:
+            return False
+        return True
+
+    def infer(self, request: InferRequest) -> InferResponse:
+        with self.plane.using(request.model, request.version) as model:
+            rows = self._rows(model.spec, request.inputs)
+            results = model.predict(rows)
+            outputs = self._outputs(model.spec, results, request.outputs)
+        return InferResponse(model.name, model.version, outputs, request.id)
+
+    def _rows(self, spec: ModelSpec, inputs: list[Tensor]) -> Any:
+        names = spec.feature_names
+        if not inputs:
+            raise InputFormatError(f"the request has no inputs; model '{spec.name}' takes {names}")
+        if len(inputs) == 1 and inputs[0].name not in names:
+            tensor = inputs[0]
+            if len(tensor.shape) != 2 or tensor.shape[1] != len(names):
+                raise InputFormatError(
+                    f"input '{tensor.name}' must have shape [rows, {len(names)}] holding the "
+                    f"features {names} in order, or send one input per feature; "
+                    f"got shape {tensor.shape}"
+                )
+            if tensor.datatype == "BYTES":
+                return [[_text(v) for v in row] for row in tensor.data.tolist()]
+            return tensor.data.astype(np.float64, copy=False)
+        features = {f.name: f for f in spec.inputs}
+        columns: dict[str, Any] = {}
+        for tensor in inputs:
+            feature = features.get(tensor.name)
+            if feature is None:
+                raise InputFormatError(
+                    f"input '{tensor.name}' is not a feature of model '{spec.name}'; "
+                    f"its inputs are {names}"
+                )
+            if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
+                raise InputFormatError(
+                    f"input '{tensor.name}' must have shape [rows] or [rows, 1]; got {tensor.shape}"
+                )
+            columns[tensor.name] = _column(feature, tensor)
+        return columns
+
+    def _outputs(
+        self, spec: ModelSpec, results: list[Prediction], wanted: list[RequestedOutput] | None
+    ) -> list[Tensor]:
+        available = {m["name"]: m for m in output_metadata(spec)}
+        names = list(available) if wanted is None else [o.name for o in wanted]
+        unknown = [n for n in names if n not in available]
+        if unknown:
+            raise InputFormatError(
+                f"model '{spec.name}' has no output {unknown[0]!r}; outputs: {list(available)}"
+            )
+        params = {o.name: o.parameters for o in wanted or []}
+        return [_output_tensor(spec, available[n], results, params.get(n, {})) for n in names]
+
+
+def _text(value: Any) -> Any:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _column(feature: Feature, tensor: Tensor) -> Any:
+    data = tensor.data.reshape(-1)
+    if tensor.datatype != "BYTES":
+        return data
+    values = [_text(v) for v in data.tolist()]
+    if feature.dtype == "list":
+        return [_json_list(feature.name, v) for v in values]
+    return values
+
+
+def _json_list(name: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise InputFormatError(
+            f"input '{name}' holds lists of item ids: each element must be a JSON array "
+            f'such as ["tent", "kettle"]; got {text[:40]!r}'
+        ) from None
+
+
+def _output_tensor(
+    spec: ModelSpec, meta: dict[str, Any], results: list[Prediction], parameters: dict[str, Any]
+) -> Tensor:
+    name, datatype = meta["name"], meta["datatype"]
+    n = len(results)
+    values: list[Any]
+    if name == "prediction_id":
+        values = [r.prediction_id for r in results]
+    elif name == "decision":
+        values = [r.decision or "" for r in results]
+    elif name == "error":
+        values = [r.error or "" for r in results]
+    elif name == "probabilities":
+        labels = spec.labels or []
+        nan = [float("nan")] * len(labels)
+        values = [list(r.outputs["probabilities"].values()) if r.outputs else nan for r in results]
+    elif name in ("items", "scores"):
+        k = meta["shape"][1]
+        key = "item" if name == "items" else "score"
+        pad: Any = "" if name == "items" else float("nan")
+        values = []
+        for r in results:
+            ranked = [e[key] for e in r.outputs.get("items", [])][:k]
+            values.append(ranked + [pad] * (k - len(ranked)))
+    else:
+        missing: Any = {"BYTES": "", "BOOL": False, "INT64": -1}.get(datatype, float("nan"))
+        values = [r.outputs.get(name, missing) for r in results]
+    shape = [n, *meta["shape"][1:]]
+    if datatype == "BYTES":
+        array = np.empty(int(np.prod(shape)), dtype=object)
+        flat = [v for row in values for v in row] if len(shape) == 2 else values
+        array[:] = [str(v).encode() for v in flat]
+        array = array.reshape(shape)
+    else:
+        array = np.asarray(
+            values, dtype={"FP64": np.float64, "INT64": np.int64, "BOOL": np.bool_}[datatype]
+        ).reshape(shape)
+    return Tensor(name, datatype, shape, array, dict(parameters))

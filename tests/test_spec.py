@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -49,6 +50,22 @@ def test_written_spec_reads_back_equal(examples_root: Path, tmp_path: Path) -> N
             "decision",
             "must read",
         ),
+        (
+            {"inputs": [{"name": "a", "nullable": True, "impute": "abc"}]},
+            "inputs.0",
+            "must be a number",
+        ),
+        ({"inputs": [{"name": "a", "impute": 1.0}]}, "inputs.0", "nullable: true"),
+        ({"inputs": [{"name": "t", "dtype": "text"}]}, "(top level)", "'text_classification'"),
+        (
+            {
+                "preprocessing": [{"step": "log1p", "features": ["sex"]}],
+                "inputs": [{"name": "sex", "dtype": "category", "categories": ["f", "m"]}],
+            },
+            "(top level)",
+            "applies to float or int features",
+        ),
+        ({"task": "anomaly_detection"}, "(top level)", "anomaly_threshold"),
     ],
 )
 def test_spec_errors_name_the_file_the_field_and_the_rule(
@@ -152,3 +169,44 @@ def test_check_reports_every_problem(examples_copy: Path) -> None:
     assert len(problems) == 2
     assert "field 'task'" in problems[0]
     assert "sha256" in problems[1]
+
+
+@pytest.mark.parametrize(
+    ("model", "when", "needle"),
+    [
+        ("diabetes", "value >= high", "is a number; compare it with a number"),
+        ("breast-cancer", "label >= 3", "is text; compare it with == or !="),
+        ("card-fraud", 'is_anomaly == "True"', "is true or false"),
+        ("iris-segments", 'cluster_name == "x"', "does not output"),
+    ],
+)
+def test_rules_must_compare_like_with_like(
+    examples_copy: Path, model: str, when: str, needle: str
+) -> None:
+    version = Repository(examples_copy).serving_version(model)
+    folder = examples_copy / model / version
+    data = yaml.safe_load((folder / "model.yaml").read_text())
+    data["decision"] = {"rules": [{"when": when, "action": "x"}]}
+    data.pop("labels", None) if model == "iris-segments" else None
+    (folder / "model.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError, match=re.escape(needle)):
+        foretell.load(folder)
+
+
+def test_a_failing_forward_pass_is_a_foretell_error(examples_copy: Path) -> None:
+    folder = examples_copy / "iris-segments" / "1"
+    data = yaml.safe_load((folder / "model.yaml").read_text())
+    data["inputs"][0]["nullable"] = True  # k-means cannot take the NaN this lets through
+    (folder / "model.yaml").write_text(yaml.safe_dump(data))
+    model = foretell.load(folder)
+    with pytest.raises(foretell.ForetellError, match="failed in its forward pass: ValueError"):
+        model.predict([[None, 3.0, 1.4, 0.2]])
+
+
+def test_load_resolves_relative_paths_and_checks_the_version(
+    examples_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(examples_root / "diabetes" / "1")
+    assert foretell.load(".").version == "1"
+    with pytest.raises(NotFoundError, match="holds version '1', not '2'"):
+        foretell.load(".", version="2")

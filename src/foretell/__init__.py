@@ -28,9 +28,12 @@ def load(path: str | Path, version: str | None = None) -> Model:
     Given a model folder (``REPO/<name>``), the version its policy serves is loaded, or
     ``version`` when given.
     """
-    folder = Path(path)
+    folder = Path(path).resolve()
     if (folder / "model.yaml").is_file():
-        return Model.from_folder(folder)
+        model = Model.from_folder(folder)
+        if version is not None and version != model.version:
+            raise NotFoundError(f"'{folder}' holds version '{model.version}', not '{version}'")
+        return model
     if not folder.is_dir():
         raise NotFoundError(f"'{folder}' is not a folder; expected a model or version folder")
     return Repository(folder.parent).load(folder.name, version)

@@ -206,6 +206,7 @@ def card_fraud(root: Path) -> list[ModelSpec]:
         "(generated data); higher scores are more anomalous.",
         inputs=inputs,
         preprocessing=[PreprocessStep(step="log1p", features=["amount", "distance_from_home_km"])],
+        postprocessing=Postprocess(anomaly_threshold=0.0),  # set from the fitted forest below
     )
     model = IsolationForest(n_estimators=200, contamination=0.02, random_state=SEED)
     x = encode(spec, features)

@@ -62,6 +62,18 @@ def parse_condition(text: str) -> list[list[Comparison]]:
     return groups
 
 
+def _mismatch(kind: str, c: Comparison) -> str | None:
+    """What is wrong with comparing a quantity of ``kind`` as ``c`` does, or None."""
+    literal = c.literal
+    if kind == "number" and (isinstance(literal, bool) or not isinstance(literal, float)):
+        return f"is a number; compare it with a number, not {literal!r}"
+    if kind == "bool" and (not isinstance(literal, bool) or c.op not in ("==", "!=")):
+        return "is true or false; use == true, == false or !="
+    if kind == "text" and (not isinstance(literal, str) or c.op not in ("==", "!=")):
+        return 'is text; compare it with == or != and a quoted string such as "spam"'
+    return None
+
+
 def _literal(text: str) -> float | str | bool:
     if text[0] in "\"'":
         return text[1:-1]
@@ -76,18 +88,22 @@ def _literal(text: str) -> float | str | bool:
 class DecisionRules:
     """The spec's rules, checked against the outputs the model will produce."""
 
-    def __init__(self, spec: ModelSpec, available: set[str]) -> None:
+    def __init__(self, spec: ModelSpec, kinds: dict[str, str]) -> None:
         self.default = spec.decision.default
         self.rules: list[tuple[list[list[Comparison]], str]] = []
         for i, rule in enumerate(spec.decision.rules):
             groups = parse_condition(rule.when)
+            where = f"{spec.name}/{spec.version}/model.yaml: field 'decision.rules.{i}.when'"
             for comparison in (c for g in groups for c in g):
-                if comparison.quantity not in available:
+                kind = kinds.get(comparison.quantity)
+                if kind is None:
                     raise SpecError(
-                        f"{spec.name}/{spec.version}/model.yaml: field 'decision.rules.{i}.when' "
-                        f"uses '{comparison.quantity}', which this model does not output; "
-                        f"outputs: {', '.join(sorted(available))}"
+                        f"{where} uses '{comparison.quantity}', which this model does not "
+                        f"output; outputs: {', '.join(sorted(kinds))}"
                     )
+                problem = _mismatch(kind, comparison)
+                if problem:
+                    raise SpecError(f"{where}: '{comparison.quantity}' {problem}")
             self.rules.append((groups, rule.action))
 
     def decide(self, quantities: dict[str, np.ndarray], n: int) -> np.ndarray:

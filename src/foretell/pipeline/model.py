@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from foretell.errors import ValidationError, Violation
+from foretell.errors import ForetellError, ValidationError, Violation
 from foretell.pipeline.decide import DecisionRules
 from foretell.pipeline.postprocess import Postprocessor
 from foretell.pipeline.preprocess import Preprocessor
@@ -66,7 +66,7 @@ class Model:
         self.validator = Validator(spec)
         self.preprocessor = Preprocessor(spec, folder)
         self.postprocessor = Postprocessor(spec)
-        self.rules = DecisionRules(spec, self.postprocessor.quantity_names())
+        self.rules = DecisionRules(spec, self.postprocessor.quantity_kinds())
 
     @classmethod
     def from_folder(cls, folder: str | Path, spec: ModelSpec | None = None) -> Model:
@@ -98,13 +98,22 @@ class Model:
         if len(usable):
             x = self.preprocessor.transform(checked.columns, usable)
             started = _lap(timings, "preprocess", started)
-            raw = canonical(self.spec.task, self.runtime.predict(x))
+            raw = canonical(self.spec.task, self._forward(x))
             started = _lap(timings, "forward", started)
             outputs, quantities = self.postprocessor.apply(raw, x)
             started = _lap(timings, "postprocess", started)
             decisions = self.rules.decide(quantities, len(usable))
             _lap(timings, "decide", started)
         return self._results(len(batch), usable, outputs, decisions, checked.violations, timings)
+
+    def _forward(self, x: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
+        try:
+            return self.runtime.predict(x)
+        except Exception as exc:  # the model's own library failed on this batch
+            raise ForetellError(
+                f"model '{self.spec.name}' version {self.spec.version} failed in its forward "
+                f"pass: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def _results(
         self,

@@ -27,15 +27,19 @@ class Postprocessor:
             self.items = list(items.categories or [])
             self.item_offset = _offset_of(spec, items.name)
 
-    def quantity_names(self) -> set[str]:
-        """The names decision rules may use for this model."""
+    def quantity_kinds(self) -> dict[str, str]:
+        """The names decision rules may use for this model, each with its kind of value:
+        ``number``, ``text`` or ``bool``."""
         if self.task in ("classification", "text_classification"):
-            return {"label", "confidence", *(f"probability[{label}]" for label in self.labels)}
+            probabilities = {f"probability[{label}]": "number" for label in self.labels}
+            return {"label": "text", "confidence": "number", **probabilities}
+        if self.task == "clustering":
+            named = {"cluster_name": "text"} if self.labels else {}
+            return {"cluster": "number", "distance": "number", **named}
         return {
-            "regression": {"value"},
-            "clustering": {"cluster", "cluster_name", "distance"},
-            "anomaly_detection": {"score", "is_anomaly"},
-            "recommendation": {"top_score"},
+            "regression": {"value": "number"},
+            "anomaly_detection": {"score": "number", "is_anomaly": "bool"},
+            "recommendation": {"top_score": "number"},
         }[self.task]
 
     def apply(self, raw: dict[str, np.ndarray], x: np.ndarray) -> tuple[Outputs, Quantities]:
@@ -97,15 +101,17 @@ class Postprocessor:
             columns["cluster_name"] = names.tolist()
         if "distances" in raw:
             distance = raw["distances"][np.arange(len(cluster)), cluster]
-            quantities["distance"] = distance
             columns["distance"] = distance.tolist()
+        else:  # the runtime knows no distances: rules on distance never hold
+            distance = np.full(len(cluster), np.nan)
+        quantities["distance"] = distance
         keys = list(columns)
         rows = zip(*columns.values(), strict=True)
         return [dict(zip(keys, r, strict=True)) for r in rows], quantities
 
     def _anomaly(self, raw: dict[str, np.ndarray], x: np.ndarray) -> tuple[Outputs, Quantities]:
         score = self._require(raw, "score")
-        flag = score >= self.spec.postprocessing.anomaly_threshold
+        flag = score >= (self.spec.postprocessing.anomaly_threshold or 0.0)
         outputs = [
             {"score": s, "is_anomaly": a}
             for s, a in zip(score.tolist(), flag.tolist(), strict=True)

@@ -43,7 +43,7 @@ class Preprocessor:
         """The encoded input of the rows at indices ``rows``."""
         if self.text:
             text = columns[self.spec.inputs[0].name]
-            return np.array([text[i] for i in rows], dtype=object)
+            return np.array([text[i] or "" for i in rows], dtype=object)
         cols: dict[str, Any] = {}
         for f in self.spec.inputs:
             col = columns[f.name]

@@ -51,9 +51,24 @@ class Feature(_Strict):
             raise ValueError(f"'min' ({self.min}) is greater than 'max' ({self.max})")
         if self.encoding != "one_hot" and self.dtype != "category":
             raise ValueError(f"'encoding' applies to 'category' features, not '{self.dtype}'")
-        if self.impute is not None and not self.nullable:
-            raise ValueError("'impute' only applies to a feature with 'nullable: true'")
+        if self.impute is not None:
+            self._check_impute(self.impute)
         return self
+
+    def _check_impute(self, value: float | str) -> None:
+        if not self.nullable:
+            raise ValueError("'impute' only applies to a feature with 'nullable: true'")
+        numeric = self.dtype in ("float", "int", "bool")
+        if numeric and not isinstance(value, int | float):
+            raise ValueError(
+                f"'impute' of a '{self.dtype}' feature must be a number; got {value!r}"
+            )
+        if self.dtype == "category" and value not in (self.categories or []):
+            raise ValueError(f"'impute' must be one of the categories; got {value!r}")
+        if self.dtype == "text" and not isinstance(value, str):
+            raise ValueError(f"'impute' of a 'text' feature must be text; got {value!r}")
+        if self.dtype == "list":
+            raise ValueError("a 'list' feature cannot be imputed; a missing list is empty")
 
 
 class Output(_Strict):
@@ -87,7 +102,7 @@ class Postprocess(_Strict):
     """How raw model outputs become results."""
 
     top_k: int | None = Field(default=None, gt=0)
-    anomaly_threshold: float = 0.0
+    anomaly_threshold: float | None = None
     exclude_seen: bool = True
 
 
@@ -173,12 +188,32 @@ class ModelSpec(_Strict):
             raise ValueError("a 'text_classification' model takes exactly one 'text' input")
         if self.task == "recommendation" and not any(f.dtype == "list" for f in self.inputs):
             raise ValueError("a 'recommendation' model needs a 'list' input of item ids")
+        if self.task != "text_classification" and any(f.dtype == "text" for f in self.inputs):
+            raise ValueError("'text' inputs belong to 'text_classification' models only")
+        if self.task == "anomaly_detection" and self.postprocessing.anomaly_threshold is None:
+            raise ValueError(
+                "an 'anomaly_detection' model needs 'postprocessing.anomaly_threshold': the "
+                "score at or above which a row is an anomaly"
+            )
         for step in self.preprocessing:
-            named = [*step.features, *([step.source] if step.source else [])]
-            unknown = [f for f in named if f not in names]
-            if unknown:
-                raise ValueError(f"preprocessing step '{step.step}' names unknown inputs {unknown}")
+            self._check_step(step)
         return self
+
+    def _check_step(self, step: PreprocessStep) -> None:
+        dtypes = {f.name: f.dtype for f in self.inputs}
+        named = [*step.features, *([step.source] if step.source else [])]
+        unknown = [f for f in named if f not in dtypes]
+        if unknown:
+            raise ValueError(f"preprocessing step '{step.step}' names unknown inputs {unknown}")
+        wanted = {"log1p": ("float", "int"), "clip": ("float", "int"), "user_history": ("list",)}
+        wrong = [f for f in step.features if dtypes[f] not in wanted[step.step]]
+        if wrong:
+            raise ValueError(
+                f"preprocessing step '{step.step}' applies to {' or '.join(wanted[step.step])} "
+                f"features; {wrong} are not"
+            )
+        if step.source and dtypes[step.source] != "category":
+            raise ValueError(f"'user_history' needs a 'category' source; '{step.source}' is not")
 
     @property
     def feature_names(self) -> list[str]:

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 EXTRAS := dev,xgboost,lightgbm,torch
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint services clean
+.PHONY: install serve test lint services clean protos
 
 install: $(STAMP)
 
@@ -31,3 +31,7 @@ services:
 
 clean:
 	rm -rf $(VENV) foretell-data .pytest_cache .mypy_cache .ruff_cache
+
+# Regenerates the gRPC protocol modules from src/foretell/serving/protos/inference.proto.
+protos: $(STAMP)
+	bash scripts/protos

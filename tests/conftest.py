@@ -52,10 +52,11 @@ class Server:
     """A ``foretell serve`` process on 127.0.0.1 and a free port."""
 
     def __init__(self, args: list[str], cwd: Path | None = None, timeout: float = 60.0) -> None:
-        self.port = free_port()
+        self.port, self.grpc_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = (cwd or Path.cwd()) / f"server-{self.port}.log"
-        command = [sys.executable, "-m", "foretell", "serve", "--port", str(self.port), *args]
+        ports = ["--port", str(self.port), "--grpc-port", str(self.grpc_port)]
+        command = [sys.executable, "-m", "foretell", "serve", *ports, *args]
         with self.log.open("wb") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from foretell.client import AsyncClient, Client
 from foretell.errors import (
     ForetellError,
     InputFormatError,
@@ -40,6 +41,8 @@ def load(path: str | Path, version: str | None = None) -> Model:
 
 
 __all__ = [
+    "AsyncClient",
+    "Client",
     "ForetellError",
     "InputFormatError",
     "MissingExtraError",

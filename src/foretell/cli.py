@@ -130,7 +130,7 @@ def validate_repository(
     repo = Repository(repository)
     problems = repo.check()
     for problem in problems:
-        err.print(f"[red]problem[/red] {problem}", markup=True, highlight=False)
+        err.print(f"problem: {problem}", markup=False, highlight=False)
     if problems:
         raise fail(f"{len(problems)} problem(s) in {repository}")
     count = sum(len(repo.versions(n)) for n in repo.names())
@@ -176,17 +176,25 @@ def serve(
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option(envvar="FORETELL_PORT", help="HTTP port.")] = 8080,
+    grpc_port: Annotated[
+        int, typer.Option(envvar="FORETELL_GRPC_PORT", help="gRPC port; 0 turns gRPC off.")
+    ] = 8081,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
-    """Serve every model of a repository over HTTP (KServe V1 records API and health).
+    """Serve every model of a repository over REST and gRPC (Open Inference Protocol V2,
+    KServe V1 records, health, OpenAPI docs at /docs).
 
-    Example: `foretell serve --repository foretell-data/models --port 8080`, then
-    `curl -s localhost:8080/v1/models`
+    Example: `foretell serve --repository foretell-data/models --port 8080 --grpc-port 8081`,
+    then `curl -s localhost:8080/v1/models`
     """
-    import uvicorn
+    import asyncio
+    import os
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one math thread per worker process
 
     from foretell.repository import Repository
-    from foretell.serving import DataPlane, create_app
+    from foretell.serving import DataPlane
+    from foretell.serving.server import serve as run_server
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     if repository is None:
@@ -200,8 +208,9 @@ def serve(
     plane.load_all()
     for entry in plane.catalogue():
         status = "ready" if entry["ready"] else f"NOT READY: {entry.get('reason')}"
-        err.print(f"{entry['name']} v{entry['version']}: {status}", highlight=False)
-    uvicorn.run(create_app(plane), host=host, port=port, log_level=log_level.lower())
+        version = f" v{entry['version']}" if entry["version"] else ""
+        err.print(f"{entry['name']}{version}: {status}", markup=False, highlight=False)
+    asyncio.run(run_server(plane, host, port, grpc_port or None, log_level))
 
 
 def main() -> Any:

@@ -7,11 +7,13 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from foretell.errors import ForetellError, InputFormatError
 from foretell.serving.dataplane import DataPlane
+from foretell.serving.openapi import DOCS_PAGE, openapi
 from foretell.serving.rest_v2 import JSON, read_body, v2_routes
 from foretell.serving.v2 import V2
 
@@ -53,6 +55,12 @@ def create_app(plane: DataPlane, max_body_bytes: int = MAX_BODY_BYTES) -> Starle
         results = await run_in_threadpool(plane.predict, name, instances)
         return JSON({"predictions": [r.to_dict() for r in results]})
 
+    async def openapi_json(request: Request) -> Response:
+        return JSON(openapi(plane))
+
+    async def docs(request: Request) -> Response:
+        return HTMLResponse(DOCS_PAGE)
+
     async def foretell_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ForetellError)
         return JSON(exc.to_json(), status_code=exc.status)
@@ -66,7 +74,12 @@ def create_app(plane: DataPlane, max_body_bytes: int = MAX_BODY_BYTES) -> Starle
     async def server_error(request: Request, exc: Exception) -> Response:
         return JSON({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
 
+    from swagger_ui_bundle import swagger_ui_path
+
     routes = [
+        Route("/openapi.json", openapi_json),
+        Route("/docs", docs),
+        Mount("/docs/static", StaticFiles(directory=swagger_ui_path)),
         Route("/v2/health/live", live),
         Route("/v2/health/ready", ready),
         Route("/v1/models", models),

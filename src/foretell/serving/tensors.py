@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,7 +57,7 @@ def check_header(name: str, datatype: Any, shape: Any) -> tuple[str, list[int]]:
 
 def from_json(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarray:
     """A tensor from JSON ``data``: flat or nested lists in row-major order."""
-    expected = int(np.prod(shape)) if shape else 1
+    expected = math.prod(shape)
     flat = _flatten(data)
     if len(flat) != expected:
         raise InputFormatError(
@@ -90,7 +91,7 @@ def _flatten(data: Any) -> list[Any]:
 
 def from_bytes(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndarray:
     """A tensor from its raw binary form (little-endian; BYTES length-prefixed)."""
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
     if datatype == "BYTES":
         items, offset = [], 0
         while offset < len(raw):

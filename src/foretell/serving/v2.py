@@ -7,6 +7,7 @@ Transports turn their wire format into an :class:`InferRequest` and back from an
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,7 +152,7 @@ class V2:
         names = spec.feature_names
         if not inputs:
             raise InputFormatError(f"the request has no inputs; model '{spec.name}' takes {names}")
-        if len(inputs) == 1 and inputs[0].name not in names:
+        if len(inputs) == 1 and inputs[0].name not in names and len(inputs[0].shape) == 2:
             tensor = inputs[0]
             if len(tensor.shape) != 2 or tensor.shape[1] != len(names):
                 raise InputFormatError(
@@ -165,11 +166,13 @@ class V2:
         features = {f.name: f for f in spec.inputs}
         columns: dict[str, Any] = {}
         for tensor in inputs:
+            if tensor.name in columns:
+                raise InputFormatError(f"input '{tensor.name}' is sent twice")
             feature = features.get(tensor.name)
             if feature is None:
                 raise InputFormatError(
-                    f"input '{tensor.name}' is not a feature of model '{spec.name}'; "
-                    f"its inputs are {names}"
+                    f"input '{tensor.name}' is not a feature of model '{spec.name}'; send one "
+                    f"input per feature {names}, or one [rows, {len(names)}] tensor"
                 )
             if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
                 raise InputFormatError(
@@ -201,8 +204,10 @@ def _column(feature: Feature, tensor: Tensor) -> Any:
     if tensor.datatype != "BYTES":
         return data
     values = [_text(v) for v in data.tolist()]
+    if feature.nullable:  # BYTES has no null: an empty element stands for a missing value
+        values = [None if v == "" else v for v in values]
     if feature.dtype == "list":
-        return [_json_list(feature.name, v) for v in values]
+        return [None if v is None else _json_list(feature.name, v) for v in values]
     return values
 
 
@@ -245,7 +250,7 @@ def _output_tensor(
         values = [r.outputs.get(name, missing) for r in results]
     shape = [n, *meta["shape"][1:]]
     if datatype == "BYTES":
-        array = np.empty(int(np.prod(shape)), dtype=object)
+        array = np.empty(math.prod(shape), dtype=object)
         flat = [v for row in values for v in row] if len(shape) == 2 else values
         array[:] = [str(v).encode() for v in flat]
         array = array.reshape(shape)

@@ -1,0 +1,60 @@
+"""Runs the REST and gRPC transports in one process, and drains both on SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import uvicorn
+
+from foretell.serving.dataplane import DataPlane
+from foretell.serving.http import create_app
+from foretell.serving.v2 import V2
+
+log = logging.getLogger("foretell.serving")
+
+
+async def serve(
+    plane: DataPlane,
+    host: str,
+    port: int,
+    grpc_port: int | None,
+    log_level: str = "info",
+    grace_seconds: float = 30.0,
+) -> None:
+    """Serves until SIGTERM or SIGINT, then stops accepting and lets in-flight requests finish
+    (at most ``grace_seconds``) on both transports before returning."""
+    config = uvicorn.Config(
+        create_app(plane),
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        lifespan="off",
+        timeout_graceful_shutdown=int(grace_seconds),
+    )
+    http = uvicorn.Server(config)
+    grpc_server = None
+    if grpc_port is not None:
+        from foretell.serving.grpc import create_grpc_server
+
+        grpc_server = create_grpc_server(V2(plane), host, grpc_port)
+        await grpc_server.start()
+        log.info("gRPC serving on %s:%d", host, grpc_port)
+    # uvicorn re-raises the signal it caught once it has drained; a no-op handler lets the
+    # process end with status 0 after gRPC has drained too.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+
+    async def stop_grpc_on_exit() -> None:
+        while not http.should_exit:
+            await asyncio.sleep(0.05)
+        if grpc_server is not None:
+            await grpc_server.stop(grace_seconds)
+
+    watcher = asyncio.create_task(stop_grpc_on_exit())
+    try:
+        await http.serve()
+    finally:
+        http.should_exit = True
+        await watcher

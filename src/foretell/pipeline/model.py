@@ -83,17 +83,22 @@ class Model:
     def version(self) -> str:
         return self.spec.version
 
-    def predict(self, rows: Rows) -> list[Prediction]:
-        """One result per row; raises ValidationError if the spec rejects invalid rows."""
+    def run(self, rows: Rows) -> Batch:
+        """Scores every usable row, columnar; never raises for invalid rows.
+
+        A row is unusable when it breaks a hard rule, or any rule if the spec rejects invalid
+        rows; its violations say why.
+        """
         timings: dict[str, float] = {}
         started = time.perf_counter()
         batch = to_columns(rows, self.spec.feature_names)
         checked = self.validator.check(batch)
         started = _lap(timings, "validate", started)
-        if checked.violations and self.spec.on_invalid == "reject":
-            raise ValidationError(checked.all_violations())
-        usable = np.flatnonzero(~checked.unusable())
-        outputs: list[dict[str, Any]] = []
+        unusable = checked.unusable()
+        if self.spec.on_invalid == "reject":
+            unusable[list(checked.violations)] = True
+        usable = np.flatnonzero(~unusable)
+        outputs: dict[str, np.ndarray] = {}
         decisions: np.ndarray = np.empty(0, dtype=object)
         if len(usable):
             x = self.preprocessor.transform(checked.columns, usable)
@@ -104,7 +109,17 @@ class Model:
             started = _lap(timings, "postprocess", started)
             decisions = self.rules.decide(quantities, len(usable))
             _lap(timings, "decide", started)
-        return self._results(len(batch), usable, outputs, decisions, checked.violations, timings)
+        ids = [str(uuid.uuid4()) for _ in range(len(batch))]
+        return Batch(self, len(batch), usable, outputs, decisions, checked.violations, ids, timings)
+
+    def predict(self, rows: Rows) -> list[Prediction]:
+        """One result per row; raises ValidationError if the spec rejects invalid rows."""
+        batch = self.run(rows)
+        if batch.violations and self.spec.on_invalid == "reject":
+            raise ValidationError(
+                [v for row in sorted(batch.violations) for v in batch.violations[row]]
+            )
+        return batch.predictions()
 
     def _forward(self, x: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
         try:
@@ -115,33 +130,62 @@ class Model:
                 f"pass: {type(exc).__name__}: {exc}"
             ) from exc
 
-    def _results(
-        self,
-        n: int,
-        usable: np.ndarray,
-        outputs: list[dict[str, Any]],
-        decisions: np.ndarray,
-        violations: dict[int, list[Violation]],
-        timings: dict[str, float],
-    ) -> list[Prediction]:
-        position = dict(zip(usable.tolist(), range(len(usable)), strict=True))
+
+@dataclass
+class Batch:
+    """A scored batch, columnar: outputs and decisions of the ``usable`` rows, and the
+    violations of every row that broke a rule."""
+
+    model: Model
+    length: int
+    usable: np.ndarray
+    outputs: dict[str, np.ndarray]
+    decisions: np.ndarray
+    violations: dict[int, list[Violation]]
+    prediction_ids: list[str]
+    timings_ms: dict[str, float]
+
+    def predictions(self) -> list[Prediction]:
+        """One :class:`Prediction` per row, in order."""
+        spec = self.model.spec
+        records = self.model.postprocessor.records(self.outputs) if len(self.usable) else []
+        position = dict(zip(self.usable.tolist(), range(len(self.usable)), strict=True))
         results = []
-        for row in range(n):
-            found = violations.get(row, [])
+        for row in range(self.length):
+            found = self.violations.get(row, [])
             j = position.get(row)
             results.append(
                 Prediction(
-                    prediction_id=str(uuid.uuid4()),
-                    model=self.spec.name,
-                    version=self.spec.version,
-                    outputs=outputs[j] if j is not None else {},
-                    decision=str(decisions[j]) if j is not None else None,
+                    prediction_id=self.prediction_ids[row],
+                    model=spec.name,
+                    version=spec.version,
+                    outputs=records[j] if j is not None else {},
+                    decision=str(self.decisions[j]) if j is not None else None,
                     flags=found if j is not None else [],
                     error=None if j is not None else "; ".join(v.message for v in found),
-                    timings_ms=timings,
+                    timings_ms=dict(self.timings_ms),
                 )
             )
         return results
+
+    def table(self) -> dict[str, Any]:
+        """The scored rows as flat columns (``row`` is the row's position in the batch)."""
+        ids = np.array(self.prediction_ids, dtype=object)[self.usable]
+        return {
+            "row": self.usable,
+            "prediction_id": ids,
+            **self.model.postprocessor.table(self.outputs),
+            "decision": self.decisions,
+        }
+
+    def errors(self) -> dict[int, str]:
+        """Row position -> why the row was not scored."""
+        scored = set(self.usable.tolist())
+        return {
+            row: "; ".join(v.message for v in found)
+            for row, found in sorted(self.violations.items())
+            if row not in scored
+        }
 
 
 def _lap(timings: dict[str, float], stage: str, started: float) -> float:

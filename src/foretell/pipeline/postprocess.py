@@ -1,4 +1,8 @@
-"""Postprocessing: raw model outputs become labels, values, flags and top-k lists."""
+"""Postprocessing: raw model outputs become labels, values, flags and top-k lists.
+
+Outputs stay columnar (one array per output) until a caller asks for them as per-row records
+(the JSON results) or as a flat table (the columns a destination stores).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,13 @@ from foretell.errors import ForetellError
 from foretell.pipeline.preprocess import encoded_names
 from foretell.repository.spec import ModelSpec
 
-Outputs = list[dict[str, Any]]
+#: Output name -> array over the scored rows (first axis), columnar.
+Columns = dict[str, np.ndarray]
 Quantities = dict[str, np.ndarray]
 
 
 class Postprocessor:
-    """Turns a batch's raw outputs into one result per row and the quantities rules test."""
+    """Turns a batch's raw outputs into output columns and the quantities rules test."""
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
@@ -24,7 +29,7 @@ class Postprocessor:
         self.top_k = spec.postprocessing.top_k
         if self.task == "recommendation":
             items = next(f for f in spec.inputs if f.dtype == "list")
-            self.items = list(items.categories or [])
+            self.items = np.array(items.categories or [], dtype=object)
             self.item_offset = _offset_of(spec, items.name)
 
     def quantity_kinds(self) -> dict[str, str]:
@@ -42,8 +47,8 @@ class Postprocessor:
             "recommendation": {"top_score": "number"},
         }[self.task]
 
-    def apply(self, raw: dict[str, np.ndarray], x: np.ndarray) -> tuple[Outputs, Quantities]:
-        """Results for the rows of ``raw``; ``x`` is the encoded input they came from."""
+    def apply(self, raw: dict[str, np.ndarray], x: np.ndarray) -> tuple[Columns, Quantities]:
+        """Output columns for the rows of ``raw``; ``x`` is the encoded input they came from."""
         handler = {
             "classification": self._classes,
             "text_classification": self._classes,
@@ -54,6 +59,51 @@ class Postprocessor:
         }[self.task]
         return handler(raw, x)
 
+    def records(self, columns: Columns) -> list[dict[str, Any]]:
+        """The outputs as one JSON-ready dict per row."""
+        if self.task in ("classification", "text_classification"):
+            probs = columns["probabilities"].tolist()
+            out = [
+                {"label": label, "probabilities": dict(zip(self.labels, row, strict=True))}
+                for label, row in zip(columns["label"].tolist(), probs, strict=True)
+            ]
+            if self.top_k:
+                for result, row in zip(out, probs, strict=True):
+                    order = sorted(range(len(row)), key=row.__getitem__, reverse=True)
+                    result["top_k"] = [
+                        {"label": self.labels[j], "probability": row[j]}
+                        for j in order[: self.top_k]
+                    ]
+            return out
+        if self.task == "recommendation":
+            return [
+                {"items": [{"item": i, "score": s} for i, s in zip(ids, scores, strict=True) if i]}
+                for ids, scores in zip(
+                    columns["items"].tolist(), columns["scores"].tolist(), strict=True
+                )
+            ]
+        names = list(columns)
+        values = zip(*(columns[n].tolist() for n in names), strict=True)
+        return [dict(zip(names, row, strict=True)) for row in values]
+
+    def table(self, columns: Columns) -> dict[str, Any]:
+        """The outputs as flat columns: one per class probability, lists for top-k items."""
+        if self.task in ("classification", "text_classification"):
+            flat: dict[str, Any] = {"label": columns["label"]}
+            for j, label in enumerate(self.labels):
+                flat[f"probability_{label}"] = columns["probabilities"][:, j]
+            return flat
+        if self.task == "recommendation":
+            ids, scores = columns["items"].tolist(), columns["scores"].tolist()
+            return {
+                "items": [[i for i in row if i] for row in ids],
+                "item_scores": [
+                    [s for i, s in zip(r_i, r_s, strict=True) if i]
+                    for r_i, r_s in zip(ids, scores, strict=True)
+                ],
+            }
+        return dict(columns)
+
     def _require(self, raw: dict[str, np.ndarray], key: str) -> np.ndarray:
         if key not in raw:
             raise ForetellError(
@@ -62,7 +112,7 @@ class Postprocessor:
             )
         return raw[key]
 
-    def _classes(self, raw: dict[str, np.ndarray], x: np.ndarray) -> tuple[Outputs, Quantities]:
+    def _classes(self, raw: dict[str, np.ndarray], x: np.ndarray) -> tuple[Columns, Quantities]:
         probs = self._require(raw, "probabilities")
         if probs.ndim != 2 or probs.shape[1] != len(self.labels):
             raise ForetellError(
@@ -75,50 +125,31 @@ class Postprocessor:
         quantities: Quantities = {"label": labels, "confidence": confidence}
         for j, label in enumerate(self.labels):
             quantities[f"probability[{label}]"] = probs[:, j]
-        outputs = []
-        for label, row in zip(labels.tolist(), probs.tolist(), strict=True):
-            result: dict[str, Any] = {
-                "label": label,
-                "probabilities": dict(zip(self.labels, row, strict=True)),
-            }
-            if self.top_k:
-                order = sorted(range(len(row)), key=row.__getitem__, reverse=True)[: self.top_k]
-                result["top_k"] = [{"label": self.labels[j], "probability": row[j]} for j in order]
-            outputs.append(result)
-        return outputs, quantities
+        return {"label": labels, "probabilities": probs}, quantities
 
-    def _value(self, raw: dict[str, np.ndarray], x: np.ndarray) -> tuple[Outputs, Quantities]:
+    def _value(self, raw: dict[str, np.ndarray], x: np.ndarray) -> tuple[Columns, Quantities]:
         value = self._require(raw, "value")
-        return [{"value": v} for v in value.tolist()], {"value": value}
+        return {"value": value}, {"value": value}
 
-    def _clusters(self, raw: dict[str, np.ndarray], x: np.ndarray) -> tuple[Outputs, Quantities]:
+    def _clusters(self, raw: dict[str, np.ndarray], x: np.ndarray) -> tuple[Columns, Quantities]:
         cluster = self._require(raw, "cluster").astype(np.int64)
-        quantities: Quantities = {"cluster": cluster}
-        columns: dict[str, list[Any]] = {"cluster": cluster.tolist()}
+        columns: Columns = {"cluster": cluster}
         if self.labels:
-            names = np.array(self.labels, dtype=object)[cluster]
-            quantities["cluster_name"] = names
-            columns["cluster_name"] = names.tolist()
+            columns["cluster_name"] = np.array(self.labels, dtype=object)[cluster]
         if "distances" in raw:
-            distance = raw["distances"][np.arange(len(cluster)), cluster]
-            columns["distance"] = distance.tolist()
+            columns["distance"] = raw["distances"][np.arange(len(cluster)), cluster]
+            distance = columns["distance"]
         else:  # the runtime knows no distances: rules on distance never hold
             distance = np.full(len(cluster), np.nan)
-        quantities["distance"] = distance
-        keys = list(columns)
-        rows = zip(*columns.values(), strict=True)
-        return [dict(zip(keys, r, strict=True)) for r in rows], quantities
+        return columns, {**columns, "distance": distance}
 
-    def _anomaly(self, raw: dict[str, np.ndarray], x: np.ndarray) -> tuple[Outputs, Quantities]:
+    def _anomaly(self, raw: dict[str, np.ndarray], x: np.ndarray) -> tuple[Columns, Quantities]:
         score = self._require(raw, "score")
         flag = score >= (self.spec.postprocessing.anomaly_threshold or 0.0)
-        outputs = [
-            {"score": s, "is_anomaly": a}
-            for s, a in zip(score.tolist(), flag.tolist(), strict=True)
-        ]
-        return outputs, {"score": score, "is_anomaly": flag}
+        columns: Columns = {"score": score, "is_anomaly": flag}
+        return columns, dict(columns)
 
-    def _recommend(self, raw: dict[str, np.ndarray], x: np.ndarray) -> tuple[Outputs, Quantities]:
+    def _recommend(self, raw: dict[str, np.ndarray], x: np.ndarray) -> tuple[Columns, Quantities]:
         scores = self._require(raw, "scores").astype(np.float64, copy=True)
         if scores.ndim != 2 or scores.shape[1] != len(self.items):
             raise ForetellError(
@@ -131,17 +162,12 @@ class Postprocessor:
         k = min(self.top_k or 5, len(self.items))
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         top_scores = np.take_along_axis(scores, top, axis=1)
-        outputs = [
-            {
-                "items": [
-                    {"item": self.items[j], "score": s}
-                    for j, s in zip(idx, sc, strict=True)
-                    if s != -np.inf
-                ]
-            }
-            for idx, sc in zip(top.tolist(), top_scores.tolist(), strict=True)
-        ]
-        return outputs, {"top_score": top_scores[:, 0]}
+        ids = np.where(np.isneginf(top_scores), "", self.items[top]).astype(object)
+        columns: Columns = {
+            "items": ids,
+            "scores": np.where(np.isneginf(top_scores), np.nan, top_scores),
+        }
+        return columns, {"top_score": top_scores[:, 0]}
 
 
 def _offset_of(spec: ModelSpec, name: str) -> int:

@@ -1,16 +1,24 @@
-"""Rows from a file or standard input: CSV, JSON, JSONL or Parquet."""
+"""Rows from files: whole files for ``foretell predict``, chunked sources for batch jobs.
+
+Batch sources: CSV, JSONL, and Parquet (one file, or a folder of part files read in name
+order), each read in chunks so memory stays bounded whatever the file's size.
+"""
 
 from __future__ import annotations
 
 import io
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from foretell.errors import InputFormatError, NotFoundError
+from foretell.sources.base import Source
 
 FILE_FORMATS = ("csv", "json", "jsonl", "parquet")
 _SUFFIXES = {
@@ -87,3 +95,112 @@ def _record(row: Any, number: int) -> dict[str, Any]:
     if not isinstance(row, dict):
         raise InputFormatError(f"record {number} must be a JSON object; got {type(row).__name__}")
     return row
+
+
+def _existing(path: Path, uri: str) -> Path:
+    if not path.exists():
+        raise NotFoundError(f"source '{uri}' does not exist")
+    return path
+
+
+class CsvSource(Source):
+    """A CSV file with a header row."""
+
+    def __init__(self, uri: str, path: Path) -> None:
+        super().__init__(uri)
+        self.path = _existing(path, uri)
+
+    def columns(self) -> list[str]:
+        try:
+            return [str(c) for c in pd.read_csv(self.path, nrows=0).columns]
+        except (ValueError, OSError) as exc:
+            raise InputFormatError(
+                f"source '{self.uri}' is not a readable CSV file: {exc}"
+            ) from None
+
+    def chunks(self, rows: int) -> Iterator[pd.DataFrame]:
+        try:
+            yield from pd.read_csv(self.path, chunksize=rows)
+        except (ValueError, OSError) as exc:
+            raise InputFormatError(
+                f"source '{self.uri}' is not a readable CSV file: {exc}"
+            ) from None
+
+
+class JsonlSource(Source):
+    """A file of one JSON object per line."""
+
+    def __init__(self, uri: str, path: Path) -> None:
+        super().__init__(uri)
+        self.path = _existing(path, uri)
+
+    def columns(self) -> list[str]:
+        for chunk in self.chunks(1):
+            return [str(c) for c in chunk.columns]
+        return []
+
+    def chunks(self, rows: int) -> Iterator[pd.DataFrame]:
+        records: list[dict[str, Any]] = []
+        with self.path.open("rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append(_record(orjson.loads(line), number))
+                except orjson.JSONDecodeError as exc:
+                    raise InputFormatError(
+                        f"source '{self.uri}' line {number} is not valid JSON: {exc}"
+                    ) from None
+                if len(records) == rows:
+                    yield pd.DataFrame.from_records(records)
+                    records = []
+        if records:
+            yield pd.DataFrame.from_records(records)
+
+
+class ParquetSource(Source):
+    """A Parquet file, or a folder of Parquet files read in name order."""
+
+    def __init__(self, uri: str, path: Path) -> None:
+        super().__init__(uri)
+        path = _existing(path, uri)
+        self.files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+        if not self.files:
+            raise NotFoundError(f"source '{uri}' is a folder without .parquet files")
+
+    def _metadata(self) -> list[pq.FileMetaData]:
+        found = []
+        for file in self.files:
+            try:
+                found.append(pq.read_metadata(file))
+            except (pa.ArrowException, OSError) as exc:
+                raise InputFormatError(
+                    f"source '{self.uri}': '{file.name}' is not a readable Parquet file: {exc}"
+                ) from None
+        schemas = {tuple(m.schema.to_arrow_schema().names) for m in found}
+        if len(schemas) > 1:
+            raise InputFormatError(
+                f"source '{self.uri}': its files have different columns: {sorted(schemas)}"
+            )
+        return found
+
+    def columns(self) -> list[str]:
+        return list(self._metadata()[0].schema.to_arrow_schema().names)
+
+    def count(self) -> int | None:
+        return sum(m.num_rows for m in self._metadata())
+
+    def chunks(self, rows: int) -> Iterator[pd.DataFrame]:
+        pending: list[pa.RecordBatch] = []
+        size = 0
+        for file in self.files:
+            for batch in pq.ParquetFile(file).iter_batches(batch_size=rows):
+                pending.append(batch)
+                size += batch.num_rows
+                while size >= rows:
+                    table = pa.Table.from_batches(pending)
+                    yield table.slice(0, rows).to_pandas()
+                    rest = table.slice(rows)
+                    pending, size = rest.to_batches(), rest.num_rows
+        if size:
+            yield pa.Table.from_batches(pending).to_pandas()

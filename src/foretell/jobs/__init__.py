@@ -1,0 +1,1 @@
+"""Jobs: batch scoring of tables and files (and, later, streams)."""

@@ -202,6 +202,109 @@ def batch(
     )
 
 
+@app.command()
+@user_errors
+def stream(
+    model: Annotated[str, typer.Argument(help="Model name in the repository.")],
+    source: Annotated[str, typer.Option(help="redis://...?stream=S, mqtt://host/topic, or -.")],
+    destination: Annotated[
+        str, typer.Option(help="Where results are stored (a SQL table keeps them exactly once).")
+    ],
+    repository: Repo = DEFAULT_DATA / "models",
+    output: Annotated[
+        str | None, typer.Option(help="Publish results to a redis://...?stream= or mqtt:// topic.")
+    ] = None,
+    dead_letter: Annotated[
+        str | None,
+        typer.Option(help="Bad messages: a stream, topic or table; default: beside the source."),
+    ] = None,
+    max_batch: Annotated[int, typer.Option(help="Most messages per micro-batch.")] = 500,
+    max_wait_ms: Annotated[int, typer.Option(help="Longest wait to fill a micro-batch.")] = 50,
+    job_id: Annotated[
+        str | None, typer.Option(help="Name of the consumer job; default: stream-MODEL.")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on this port (127.0.0.1).")
+    ] = None,
+    exit_when_idle: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds without messages.")
+    ] = None,
+    version: Annotated[str | None, typer.Option(help="Version; default: the served one.")] = None,
+) -> None:
+    """Score a stream of events as they arrive; store, publish and acknowledge each once.
+
+    Examples:
+
+    * `foretell stream card-fraud --source "redis://127.0.0.1:6379/0?stream=payments"
+      --destination "sqlite:///scores.db?table=fraud"
+      --output "redis://127.0.0.1:6379/0?stream=decisions"`
+    * `foretell stream iris-segments --source "mqtt://127.0.0.1:1883/sensors/#"
+      --destination scores.db`
+    * `cat events.jsonl | foretell stream sentiment --source - --destination out.jsonl`
+    """
+    import os
+    import signal
+    import threading
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from foretell.destinations import open_destination
+    from foretell.destinations.publish import Publisher, is_publisher, open_publisher
+    from foretell.jobs.stream import StreamJob, StreamMetrics
+    from foretell.repository import Repository
+    from foretell.sources import open_stream_source
+
+    loaded = Repository(repository).load(model, version)
+    store = open_destination(destination)
+    store.check()
+    if dead_letter is None:
+        dead_letter = (
+            source.replace("stream=", "stream=dead-", 1)
+            if source.startswith("redis") and "stream=" in source
+            else store.errors_uri()
+        )
+    dead = (
+        open_publisher(dead_letter) if is_publisher(dead_letter) else open_destination(dead_letter)
+    )
+    publisher = open_publisher(output) if output else None
+    metrics = StreamMetrics(loaded.name)
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr="127.0.0.1", registry=metrics.registry)
+    consumer = open_stream_source(source)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    job = StreamJob(
+        loaded,
+        consumer,
+        store,
+        dead,
+        publisher,
+        job_id=job_id,
+        max_batch=max_batch,
+        max_wait=max_wait_ms / 1000.0,
+        metrics=metrics,
+    )
+    err.print(f"consuming {source} with {loaded.name} v{loaded.version}", markup=False)
+    try:
+        totals = job.run(stop, exit_when_idle)
+    finally:
+        consumer.close()
+        if publisher is not None:
+            publisher.close()
+        if isinstance(dead, Publisher):
+            dead.close()
+        else:
+            dead.finish(job.job_id)
+    store.finish(job.job_id)
+    err.print(
+        f"stopped: {totals.batches:,} batches, {totals.scored:,} scored, {totals.dead:,} dead "
+        "letters",
+        markup=False,
+    )
+
+
 @app.command("validate-repository")
 @user_errors
 def validate_repository(

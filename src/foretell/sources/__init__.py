@@ -7,6 +7,14 @@
 | ``rows.parquet``, ``folder/`` | a Parquet file, or a folder of ``.parquet`` files |
 | ``sqlite:///path.db?table=t``, ``?query=SELECT ...`` | a SQLite table or query |
 | ``postgresql://user@host:5432/db?table=t``, ``?query=...`` | a PostgreSQL table or query |
+
+Stream sources (``foretell stream``):
+
+| URI | source |
+|---|---|
+| ``redis://127.0.0.1:6379/0?stream=events&group=foretell`` | a Redis stream, consumer group |
+| ``mqtt://127.0.0.1:1883/sensors/#?client_id=foretell`` | MQTT topics, QoS 1 |
+| ``-``, ``events.jsonl``, ``events.jsonl?follow=true`` | JSON lines from stdin or a file |
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from pathlib import Path
 from foretell.errors import UserError
 from foretell.sources.base import Source
 from foretell.sources.files import FILE_FORMATS, CsvSource, JsonlSource, ParquetSource, read_rows
+from foretell.sources.stream import StreamSource
 
 SQL_SCHEMES = ("sqlite", "postgresql", "postgres", "postgresql+psycopg")
 
@@ -31,6 +40,23 @@ def local_path(uri: str, kind: str) -> Path:
             "sqlite:///path.db?table=t or postgresql://user@host/db?table=t"
         )
     return Path(uri)
+
+
+def open_stream_source(uri: str) -> StreamSource:
+    """The stream source behind ``uri``."""
+    if uri.startswith(("redis://", "rediss://")):
+        from foretell.sources.redis_stream import RedisStreamSource
+
+        return RedisStreamSource(uri)
+    if uri.startswith("mqtt://"):
+        from foretell.sources.mqtt import MqttSource
+
+        return MqttSource(uri)
+    from foretell.sources.lines import LinesSource
+
+    if uri != "-":
+        local_path(uri.partition("?")[0], "stream source")
+    return LinesSource(uri)
 
 
 def open_source(uri: str, order_by: str | None = None) -> Source:
@@ -53,4 +79,12 @@ def open_source(uri: str, order_by: str | None = None) -> Source:
     )
 
 
-__all__ = ["FILE_FORMATS", "Source", "local_path", "open_source", "read_rows"]
+__all__ = [
+    "FILE_FORMATS",
+    "Source",
+    "StreamSource",
+    "local_path",
+    "open_source",
+    "open_stream_source",
+    "read_rows",
+]

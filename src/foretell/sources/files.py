@@ -188,7 +188,7 @@ class ParquetSource(Source):
         return list(self._metadata()[0].schema.to_arrow_schema().names)
 
     def count(self) -> int | None:
-        return sum(m.num_rows for m in self._metadata())
+        return sum(int(m.num_rows) for m in self._metadata())
 
     def chunks(self, rows: int) -> Iterator[pd.DataFrame]:
         pending: list[pa.RecordBatch] = []

@@ -339,3 +339,18 @@ def kill_and_resume(examples_root: Path, tmp_path: Path, destination: str) -> No
 
 def test_kill_9_then_resume_parquet(examples_root: Path, tmp_path: Path) -> None:
     kill_and_resume(examples_root, tmp_path, str(tmp_path / "scored.parquet"))
+
+
+def test_kill_9_then_resume_postgresql(examples_root: Path, tmp_path: Path) -> None:
+    table = f"crash_{os.getpid()}_{int(time.time())}"
+    uri = f"postgresql://postgres@127.0.0.1:5432/test?table={table}"
+    try:
+        kill_and_resume(examples_root, tmp_path, uri)
+    finally:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test")
+        with engine.begin() as db:
+            db.execute(sqlalchemy.text(f'DROP TABLE IF EXISTS "{table}"'))
+            db.execute(sqlalchemy.text(f'DROP TABLE IF EXISTS "{table}_errors"'))
+        engine.dispose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,8 @@ class Model:
         self.preprocessor = Preprocessor(spec, folder)
         self.postprocessor = Postprocessor(spec)
         self.rules = DecisionRules(spec, self.postprocessor.quantity_kinds())
+        #: Called with every scored batch (the server's metrics listen here).
+        self.observers: list[Callable[[Batch], None]] = []
 
     @classmethod
     def from_folder(cls, folder: str | Path, spec: ModelSpec | None = None) -> Model:
@@ -83,11 +86,12 @@ class Model:
     def version(self) -> str:
         return self.spec.version
 
-    def run(self, rows: Rows) -> Batch:
+    def run(self, rows: Rows, all_or_nothing: bool = False) -> Batch:
         """Scores every usable row, columnar; never raises for invalid rows.
 
         A row is unusable when it breaks a hard rule, or any rule if the spec rejects invalid
-        rows; its violations say why.
+        rows; its violations say why. With ``all_or_nothing``, one unusable row leaves the
+        whole batch unscored.
         """
         timings: dict[str, float] = {}
         started = time.perf_counter()
@@ -97,6 +101,8 @@ class Model:
         unusable = checked.unusable()
         if self.spec.on_invalid == "reject":
             unusable[list(checked.violations)] = True
+        if all_or_nothing and unusable.any():
+            unusable[:] = True
         usable = np.flatnonzero(~unusable)
         outputs: dict[str, np.ndarray] = {}
         decisions: np.ndarray = np.empty(0, dtype=object)
@@ -110,12 +116,18 @@ class Model:
             decisions = self.rules.decide(quantities, len(usable))
             _lap(timings, "decide", started)
         ids = [str(uuid.uuid4()) for _ in range(len(batch))]
-        return Batch(self, len(batch), usable, outputs, decisions, checked.violations, ids, timings)
+        scored = Batch(
+            self, len(batch), usable, outputs, decisions, checked.violations, ids, timings
+        )
+        for observe in self.observers:
+            observe(scored)
+        return scored
 
     def predict(self, rows: Rows) -> list[Prediction]:
         """One result per row; raises ValidationError if the spec rejects invalid rows."""
-        batch = self.run(rows)
-        if batch.violations and self.spec.on_invalid == "reject":
+        rejecting = self.spec.on_invalid == "reject"
+        batch = self.run(rows, all_or_nothing=rejecting)
+        if batch.violations and rejecting:
             raise ValidationError(
                 [v for row in sorted(batch.violations) for v in batch.violations[row]]
             )

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from foretell.errors import ForetellError, ModelLoadError, NotFoundError
+from foretell.monitoring.metrics import ServingMetrics
 from foretell.pipeline import Model, Prediction
 from foretell.pipeline.rows import Rows
 from foretell.repository import Repository
@@ -47,8 +48,9 @@ class DataPlane:
     #: How long an unload waits for in-flight requests of the model to finish.
     DRAIN_SECONDS = 30.0
 
-    def __init__(self, repository: Repository) -> None:
+    def __init__(self, repository: Repository, metrics: ServingMetrics | None = None) -> None:
         self.repository = repository
+        self.metrics = metrics or ServingMetrics()
         self.states: dict[str, ModelState] = {}
         self._changed = threading.Condition()
 
@@ -79,6 +81,7 @@ class DataPlane:
             state.reason = "unloaded"
             self._changed.wait_for(lambda: state.in_flight == 0, timeout=self.DRAIN_SECONDS)
             state.model = None
+        self.metrics.model_state(name, state.version, False, state.load_seconds)
 
     @contextmanager
     def using(self, name: str, version: str | None = None) -> Iterator[Model]:
@@ -87,9 +90,12 @@ class DataPlane:
             model = self.model(name, version)
             state = self.states[name]
             state.in_flight += 1
+        gauge = self.metrics.in_flight.labels(name)
+        gauge.inc()
         try:
             yield model
         finally:
+            gauge.dec()
             with self._changed:
                 state.in_flight -= 1
                 self._changed.notify_all()
@@ -124,6 +130,9 @@ class DataPlane:
             state.reason = f"{type(exc).__name__}: {exc}"
             log.exception("model %s failed to load", name)
         state.load_seconds = time.perf_counter() - started
+        if state.model is not None:
+            state.model.observers.append(self.metrics.observe_batch)
+        self.metrics.model_state(name, state.version, state.ready, state.load_seconds)
         return state
 
     def ready(self) -> bool:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import time
+
 import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from foretell.errors import ForetellError, InputFormatError
 from foretell.serving.dataplane import DataPlane
@@ -19,6 +24,37 @@ from foretell.serving.v2 import V2
 
 #: Requests with larger bodies are refused before they are read in full.
 MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+class RequestMetrics:
+    """ASGI middleware counting and timing requests to model routes, by status."""
+
+    def __init__(self, app: ASGIApp, plane: DataPlane) -> None:
+        self.app, self.plane = app, plane
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            name = scope.get("path_params", {}).get("name")
+            if name is not None:
+                model = name if name in self.plane.states else "(unknown)"
+                protocol = "v1" if scope["path"].startswith("/v1/") else "v2"
+                metrics = self.plane.metrics
+                metrics.requests.labels(model, protocol, str(status)).inc()
+                metrics.duration.labels(model, protocol).observe(time.perf_counter() - started)
 
 
 def create_app(plane: DataPlane, max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:
@@ -55,6 +91,9 @@ def create_app(plane: DataPlane, max_body_bytes: int = MAX_BODY_BYTES) -> Starle
         results = await run_in_threadpool(plane.predict, name, instances)
         return JSON({"predictions": [r.to_dict() for r in results]})
 
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(plane.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     async def openapi_json(request: Request) -> Response:
         return JSON(openapi(plane))
 
@@ -77,6 +116,7 @@ def create_app(plane: DataPlane, max_body_bytes: int = MAX_BODY_BYTES) -> Starle
     from swagger_ui_bundle import swagger_ui_path
 
     routes = [
+        Route("/metrics", metrics),
         Route("/openapi.json", openapi_json),
         Route("/docs", docs),
         Mount("/docs/static", StaticFiles(directory=swagger_ui_path)),
@@ -88,6 +128,7 @@ def create_app(plane: DataPlane, max_body_bytes: int = MAX_BODY_BYTES) -> Starle
     ]
     return Starlette(
         routes=[*routes, *v2_routes(V2(plane), max_body_bytes)],
+        middleware=[Middleware(RequestMetrics, plane=plane)],
         exception_handlers={
             ForetellError: foretell_error,
             HTTPException: http_error,

@@ -369,6 +369,15 @@ def serve(
         int, typer.Option(envvar="FORETELL_GRPC_PORT", help="gRPC port; 0 turns gRPC off.")
     ] = 8081,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    monitoring_db: Annotated[
+        str, typer.Option(help="Prediction log and feedback store (sqlite:/// or postgresql://).")
+    ] = "sqlite:///foretell-data/monitoring.db",
+    log_sample_rate: Annotated[
+        float, typer.Option(help="Share of predictions logged, from 0 to 1.")
+    ] = 1.0,
+    no_monitoring: Annotated[
+        bool, typer.Option("--no-monitoring", help="Log no predictions, take no feedback.")
+    ] = False,
 ) -> None:
     """Serve every model of a repository over REST and gRPC (Open Inference Protocol V2,
     KServe V1 records, health, OpenAPI docs at /docs).
@@ -393,13 +402,28 @@ def serve(
 
             with err.status(f"first start: building the example models into {repository}..."):
                 build_examples(repository)
-    plane = DataPlane(Repository(repository))
+    if not 0.0 <= log_sample_rate <= 1.0:
+        raise typer.BadParameter(f"--log-sample-rate must be in [0, 1]; got {log_sample_rate}")
+    from foretell.monitoring.metrics import ServingMetrics
+
+    metrics = ServingMetrics()
+    monitor = None
+    if not no_monitoring:
+        from foretell.monitoring.monitor import Monitor
+        from foretell.monitoring.store import MonitoringStore
+
+        monitor = Monitor(MonitoringStore(monitoring_db), metrics.registry, log_sample_rate)
+    plane = DataPlane(Repository(repository), metrics, monitor)
     plane.load_all()
     for entry in plane.catalogue():
         status = "ready" if entry["ready"] else f"NOT READY: {entry.get('reason')}"
         version = f" v{entry['version']}" if entry["version"] else ""
         err.print(f"{entry['name']}{version}: {status}", markup=False, highlight=False)
-    asyncio.run(run_server(plane, host, port, grpc_port or None, log_level))
+    try:
+        asyncio.run(run_server(plane, host, port, grpc_port or None, log_level))
+    finally:
+        if monitor is not None:
+            monitor.close()  # every answered prediction reaches the log
 
 
 def main() -> Any:

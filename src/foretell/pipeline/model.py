@@ -117,7 +117,15 @@ class Model:
             _lap(timings, "decide", started)
         ids = [str(uuid.uuid4()) for _ in range(len(batch))]
         scored = Batch(
-            self, len(batch), usable, outputs, decisions, checked.violations, ids, timings
+            self,
+            len(batch),
+            usable,
+            outputs,
+            decisions,
+            checked.violations,
+            ids,
+            timings,
+            checked.columns,
         )
         for observe in self.observers:
             observe(scored)
@@ -156,6 +164,8 @@ class Batch:
     violations: dict[int, list[Violation]]
     prediction_ids: list[str]
     timings_ms: dict[str, float]
+    #: The checked input columns, by feature name (imputed values filled in).
+    inputs: dict[str, Any]
 
     def predictions(self) -> list[Prediction]:
         """One :class:`Prediction` per row, in order."""

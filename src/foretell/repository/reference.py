@@ -11,7 +11,7 @@ import pandas as pd
 
 from foretell.repository.spec import Feature, FeatureReference, Reference
 
-QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+QUANTILES = (0.01, *(i / 20 for i in range(1, 20)), 0.99)
 
 
 def compute_reference(frame: pd.DataFrame, inputs: Sequence[Feature], bins: int = 10) -> Reference:

@@ -128,6 +128,18 @@ class Decision(_Strict):
     default: str = Field(default="none", min_length=1)
 
 
+class Monitoring(_Strict):
+    """When live data counts as drifted, and how many rows a verdict needs."""
+
+    psi: float = Field(default=0.2, gt=0)
+    p_value: float = Field(default=0.001, gt=0, lt=1)
+    min_rows: int = Field(default=100, gt=0)
+    #: Alert when a quality metric falls below this floor (e.g. ``accuracy: 0.9``).
+    min: dict[str, float] = Field(default_factory=dict)
+    #: Alert when an error metric rises above this ceiling (e.g. ``mae: 12``).
+    max: dict[str, float] = Field(default_factory=dict)
+
+
 class FeatureReference(_Strict):
     """Statistics of one feature in the training data, the baseline for drift."""
 
@@ -166,6 +178,7 @@ class ModelSpec(_Strict):
     postprocessing: Postprocess = Postprocess()
     decision: Decision = Decision()
     reference: Reference | None = None
+    monitoring: Monitoring = Monitoring()
     runtime: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("artifact")

@@ -12,6 +12,7 @@ from typing import Any
 
 from foretell.errors import ForetellError, ModelLoadError, NotFoundError
 from foretell.monitoring.metrics import ServingMetrics
+from foretell.monitoring.monitor import Monitor
 from foretell.pipeline import Model, Prediction
 from foretell.pipeline.rows import Rows
 from foretell.repository import Repository
@@ -48,9 +49,15 @@ class DataPlane:
     #: How long an unload waits for in-flight requests of the model to finish.
     DRAIN_SECONDS = 30.0
 
-    def __init__(self, repository: Repository, metrics: ServingMetrics | None = None) -> None:
+    def __init__(
+        self,
+        repository: Repository,
+        metrics: ServingMetrics | None = None,
+        monitor: Monitor | None = None,
+    ) -> None:
         self.repository = repository
         self.metrics = metrics or ServingMetrics()
+        self.monitor = monitor
         self.states: dict[str, ModelState] = {}
         self._changed = threading.Condition()
 
@@ -132,6 +139,8 @@ class DataPlane:
         state.load_seconds = time.perf_counter() - started
         if state.model is not None:
             state.model.observers.append(self.metrics.observe_batch)
+            if self.monitor is not None:
+                self.monitor.attach(state.model)
         self.metrics.model_state(name, state.version, state.ready, state.load_seconds)
         return state
 

@@ -16,7 +16,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from foretell.errors import ForetellError, InputFormatError
+from foretell.errors import ForetellError, InputFormatError, NotFoundError
+from foretell.monitoring.monitor import Monitor
 from foretell.serving.dataplane import DataPlane
 from foretell.serving.openapi import DOCS_PAGE, openapi
 from foretell.serving.rest_v2 import JSON, read_body, v2_routes
@@ -91,6 +92,52 @@ def create_app(plane: DataPlane, max_body_bytes: int = MAX_BODY_BYTES) -> Starle
         results = await run_in_threadpool(plane.predict, name, instances)
         return JSON({"predictions": [r.to_dict() for r in results]})
 
+    def _monitor(name: str) -> Monitor:
+        plane.model(name)
+        if plane.monitor is None:
+            raise NotFoundError("monitoring is off on this server (started with --no-monitoring)")
+        return plane.monitor
+
+    async def feedback(request: Request) -> Response:
+        name = request.path_params["name"]
+        monitor = _monitor(name)
+        try:
+            body = orjson.loads(await read_body(request, max_body_bytes))
+        except orjson.JSONDecodeError as exc:
+            raise InputFormatError(f"the request body is not valid JSON: {exc}") from None
+        items = body.get("feedback", [body]) if isinstance(body, dict) else body
+        if (
+            not isinstance(items, list)
+            or not items
+            or not all(
+                isinstance(i, dict)
+                and isinstance(i.get("prediction_id"), str)
+                and "ground_truth" in i
+                for i in items
+            )
+        ):
+            raise InputFormatError(
+                'feedback must be {"prediction_id": "...", "ground_truth": ...}, a list of '
+                'them, or {"feedback": [...]}'
+            )
+        pairs = [(i["prediction_id"], i["ground_truth"]) for i in items]
+        spec = plane.model(name).spec
+        stored = await run_in_threadpool(monitor.feedback, spec, pairs)
+        return JSON({"accepted": stored})
+
+    async def monitoring(request: Request) -> Response:
+        name = request.path_params["name"]
+        monitor = _monitor(name)
+        window = request.query_params.get("window")
+        try:
+            seconds = float(window) if window is not None else None
+        except ValueError:
+            raise InputFormatError(f"window must be a number of seconds; got {window!r}") from None
+        if seconds is not None and seconds <= 0:
+            raise InputFormatError(f"window must be positive; got {window}")
+        spec = plane.model(name).spec
+        return JSON(await run_in_threadpool(monitor.report, spec, seconds))
+
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(plane.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -124,6 +171,8 @@ def create_app(plane: DataPlane, max_body_bytes: int = MAX_BODY_BYTES) -> Starle
         Route("/v2/health/ready", ready),
         Route("/v1/models", models),
         Route("/v1/models/{name:model}:predict", predict, methods=["POST"]),
+        Route("/v1/models/{name:model}/feedback", feedback, methods=["POST"]),
+        Route("/v1/models/{name:model}/monitoring", monitoring),
         Route("/v1/models/{name:model}", model),
     ]
     return Starlette(

@@ -1,0 +1,197 @@
+"""The monitor: prediction log, feedback, live quality, drift and alerts for a server.
+
+Reports are computed on request (``GET /v1/models/{name}/monitoring``, ``foretell monitor``)
+and every ``interval`` seconds in the background, which refreshes the drift and quality gauges
+on ``/metrics`` so Prometheus alerting can act on them. Every alert is also logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import pandas as pd
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from foretell.errors import UserError
+from foretell.monitoring.drift import drift
+from foretell.monitoring.predlog import PredictionLog
+from foretell.monitoring.quality import quality
+from foretell.monitoring.store import MonitoringStore
+from foretell.pipeline import Model
+from foretell.repository.spec import ModelSpec
+
+log = logging.getLogger("foretell.monitor")
+#: Quality metrics where lower is better: their thresholds are ceilings.
+ERRORS = ("mae", "rmse", "log_loss")
+
+
+def check_truth(spec: ModelSpec, truth: Any) -> Any:
+    """The ground truth as stored, or a UserError saying what the task expects."""
+    if spec.task in ("classification", "text_classification"):
+        if str(truth) not in (spec.labels or []):
+            raise UserError(
+                f"ground truth of '{spec.name}' must be one of its labels {spec.labels}; "
+                f"got {truth!r}"
+            )
+        return str(truth)
+    if spec.task == "regression":
+        if isinstance(truth, bool) or not isinstance(truth, int | float):
+            raise UserError(f"ground truth of '{spec.name}' must be a number; got {truth!r}")
+        return float(truth)
+    if spec.task == "anomaly_detection":
+        if not isinstance(truth, bool):
+            raise UserError(
+                f"ground truth of '{spec.name}' must be true (an anomaly) or false; got {truth!r}"
+            )
+        return truth
+    raise UserError(f"a {spec.task} model takes no ground truth")
+
+
+class Monitor:
+    """Monitoring of a set of models backed by one :class:`MonitoringStore`."""
+
+    def __init__(
+        self,
+        store: MonitoringStore,
+        registry: CollectorRegistry,
+        sample_rate: float = 1.0,
+        window_seconds: float = 86_400.0,
+        interval: float = 60.0,
+    ) -> None:
+        self.store, self.window, self.interval = store, window_seconds, interval
+        failures = Counter(
+            "foretell_prediction_log_failures",
+            "Predictions the log could not store.",
+            registry=registry,
+        )
+        self.predlog = PredictionLog(store, sample_rate, failures=failures)
+        self.feedback_rows = Counter(
+            "foretell_feedback", "Ground-truth values received.", ["model"], registry=registry
+        )
+        self.psi = Gauge(
+            "foretell_drift_psi",
+            "Population stability index of a feature.",
+            ["model", "feature"],
+            registry=registry,
+        )
+        self.drifted = Gauge(
+            "foretell_feature_drifted",
+            "1 when a feature drifted.",
+            ["model", "feature"],
+            registry=registry,
+        )
+        self.quality = Gauge(
+            "foretell_quality",
+            "Live quality of a model version.",
+            ["model", "version", "metric"],
+            registry=registry,
+        )
+        self.alerts = Gauge(
+            "foretell_alert",
+            "1 while an alert holds.",
+            ["model", "kind", "subject"],
+            registry=registry,
+        )
+        self.models: dict[str, Model] = {}
+        self._stop = threading.Event()
+        self._timer = threading.Thread(
+            target=self._refresh_loop, name="foretell-monitor", daemon=True
+        )
+        self._timer.start()
+
+    def attach(self, model: Model) -> None:
+        """Logs every batch ``model`` scores from now on."""
+        model.observers.append(self.predlog.observe)
+        self.models[model.name] = model
+
+    def feedback(self, spec: ModelSpec, items: Sequence[tuple[str, Any]]) -> int:
+        checked = [(pid, check_truth(spec, truth)) for pid, truth in items]
+        stored = self.store.add_feedback(spec.name, checked)
+        self.feedback_rows.labels(spec.name).inc(stored)
+        return stored
+
+    def report(self, spec: ModelSpec, window_seconds: float | None = None) -> dict[str, Any]:
+        """Quality, drift and alerts of ``spec``'s model over the last ``window_seconds``."""
+        window = window_seconds or self.window
+        since = time.time() - window
+        logged = self.store.predictions_of(spec.name, since)
+        inputs = (
+            pd.DataFrame([orjson.loads(r) for r in logged["inputs"]])
+            if len(logged)
+            else pd.DataFrame()
+        )
+        result = {
+            "model": spec.name,
+            "window_seconds": window,
+            "predictions": len(logged),
+            "quality": quality(spec, self.store.labelled(spec.name, since)),
+            "drift": drift(spec, inputs),
+        }
+        result["alerts"] = self._alerts(spec, result)
+        self._gauges(spec, result)
+        return result
+
+    def _alerts(self, spec: ModelSpec, report: dict[str, Any]) -> list[dict[str, Any]]:
+        features = report["drift"]["features"]
+        alerts = [
+            {
+                "kind": "drift",
+                "subject": name,
+                "message": f"feature '{name}' drifted (psi {features[name].get('psi', 0):.3f})",
+            }
+            for name in report["drift"]["drifted"]
+        ]
+        for version, scores in report["quality"]["versions"].items():
+            for metric, floor in spec.monitoring.min.items():
+                value = scores.get(metric)
+                if value is not None and value < floor:
+                    alerts.append(
+                        {
+                            "kind": "quality",
+                            "subject": f"{version}:{metric}",
+                            "message": f"version {version} {metric} {value:.4g} is below {floor}",
+                        }
+                    )
+            for metric, ceiling in spec.monitoring.max.items():
+                value = scores.get(metric)
+                if value is not None and value > ceiling:
+                    alerts.append(
+                        {
+                            "kind": "quality",
+                            "subject": f"{version}:{metric}",
+                            "message": f"version {version} {metric} {value:.4g} is above {ceiling}",
+                        }
+                    )
+        for alert in alerts:
+            log.warning("alert for %s: %s", spec.name, alert["message"])
+        return alerts
+
+    def _gauges(self, spec: ModelSpec, report: dict[str, Any]) -> None:
+        for name, result in report["drift"]["features"].items():
+            if "psi" in result:
+                self.psi.labels(spec.name, name).set(result["psi"])
+            self.drifted.labels(spec.name, name).set(1 if result["drifted"] else 0)
+        for version, scores in report["quality"]["versions"].items():
+            for metric, value in scores.items():
+                if isinstance(value, int | float) and metric != "rows":
+                    self.quality.labels(spec.name, version, metric).set(value)
+        for alert in report["alerts"]:
+            self.alerts.labels(spec.name, alert["kind"], alert["subject"]).set(1)
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            for model in list(self.models.values()):
+                try:
+                    self.report(model.spec)
+                except Exception:  # a report must never take serving down
+                    log.exception("monitoring report of %s failed", model.name)
+
+    def close(self) -> None:
+        """Flushes the prediction log and stops the background refresh."""
+        self._stop.set()
+        self.predlog.close()

@@ -1,0 +1,110 @@
+"""The prediction log: every scored row (or a sample) written off the hot path.
+
+Serving threads hand whole scored batches to a bounded queue; one writer thread turns them into
+rows and stores them. A full queue makes serving wait rather than drop a prediction; a failed
+write is retried, counted and logged, never raised into serving. ``close()`` flushes what is
+queued, so a graceful shutdown loses nothing that was answered.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+
+from foretell.monitoring.store import MonitoringStore
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+
+    from foretell.pipeline.model import Batch
+
+log = logging.getLogger("foretell.predlog")
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+class PredictionLog:
+    """Logs scored batches to a :class:`MonitoringStore` from a background thread."""
+
+    def __init__(
+        self,
+        store: MonitoringStore,
+        sample_rate: float = 1.0,
+        capacity: int = 1024,
+        failures: Counter | None = None,
+    ) -> None:
+        self.store, self.sample_rate, self.failures = store, sample_rate, failures
+        self.queue: queue.Queue[Batch | None] = queue.Queue(maxsize=capacity)
+        self.written = 0
+        self.writer = threading.Thread(target=self._run, name="foretell-predlog", daemon=True)
+        self.writer.start()
+
+    def observe(self, batch: Batch) -> None:
+        """Queues a scored batch (waits if the writer is far behind)."""
+        if len(batch.usable):
+            self.queue.put(batch)
+
+    def _run(self) -> None:
+        while (batch := self.queue.get()) is not None:
+            rows = self._rows(batch)
+            for attempt in range(5):
+                try:
+                    self.store.log(rows)
+                    self.written += len(rows)
+                    break
+                except Exception as exc:  # the store is down: retry, then count and go on
+                    log.warning(
+                        "writing %d predictions failed (%s); attempt %d",
+                        len(rows),
+                        exc,
+                        attempt + 1,
+                    )
+                    time.sleep(min(0.2 * 2**attempt, 3.0))
+            else:
+                if self.failures is not None:
+                    self.failures.inc(len(rows))
+                log.error("dropped %d predictions after 5 failed writes", len(rows))
+
+    def _rows(self, batch: Batch) -> list[dict[str, Any]]:
+        model = batch.model
+        records = model.postprocessor.records(batch.outputs)
+        latency = float(sum(batch.timings_ms.values()))
+        names = model.spec.feature_names
+        now = time.time()
+        rows = []
+        for j, row in enumerate(batch.usable.tolist()):
+            if self.sample_rate < 1.0 and random.random() >= self.sample_rate:
+                continue
+            inputs = {n: _plain(batch.inputs[n][row]) for n in names}
+            rows.append(
+                {
+                    "prediction_id": batch.prediction_ids[row],
+                    "model": model.name,
+                    "version": model.version,
+                    "ts": now,
+                    "inputs": orjson.dumps(inputs, option=_OPTIONS).decode(),
+                    "outputs": orjson.dumps(records[j], option=_OPTIONS).decode(),
+                    "decision": str(batch.decisions[j]),
+                    "latency_ms": latency,
+                }
+            )
+        return rows
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Writes everything queued, then stops the writer."""
+        self.queue.put(None)
+        self.writer.join(timeout)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value

@@ -1,0 +1,138 @@
+"""The monitoring store: the prediction log and ground-truth feedback, in SQLite or PostgreSQL.
+
+URI: ``sqlite:///foretell-data/monitoring.db`` (the embedded default) or
+``postgresql://user@host:5432/db``; ``?table=PREFIX`` names the tables ``PREFIX_predictions``
+and ``PREFIX_feedback`` (default prefix ``foretell``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from foretell.sources.sql_uri import open_engine, parse_sql_uri
+
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def _with_prefix(uri: str) -> str:
+    if "table=" in uri:
+        return uri
+    return f"{uri}{'&' if '?' in uri else '?'}table=foretell"
+
+
+class MonitoringStore:
+    """Logged predictions and the ground truth that arrives for them later."""
+
+    def __init__(self, uri: str) -> None:
+        target = parse_sql_uri(_with_prefix(uri), query_allowed=False)
+        if target.is_sqlite:
+            target.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        self.uri = target.display
+        self.engine = open_engine(target, self, wal=True)
+        self.dialect = sqlite if target.is_sqlite else postgresql
+        meta = sa.MetaData()
+        prefix = target.table or "foretell"
+        self.predictions = sa.Table(
+            f"{prefix}_predictions",
+            meta,
+            sa.Column("prediction_id", sa.Text, primary_key=True),
+            sa.Column("model", sa.Text, nullable=False),
+            sa.Column("version", sa.Text, nullable=False),
+            sa.Column("ts", sa.Float, nullable=False),
+            sa.Column("inputs", sa.Text, nullable=False),
+            sa.Column("outputs", sa.Text, nullable=False),
+            sa.Column("decision", sa.Text),
+            sa.Column("latency_ms", sa.Float),
+            sa.Index(f"{prefix}_predictions_model_ts", "model", "ts"),
+        )
+        self.feedback = sa.Table(
+            f"{prefix}_feedback",
+            meta,
+            sa.Column("prediction_id", sa.Text, primary_key=True),
+            sa.Column("model", sa.Text, nullable=False),
+            sa.Column("ground_truth", sa.Text, nullable=False),
+            sa.Column("received_at", sa.Float, nullable=False),
+        )
+        meta.create_all(self.engine)
+
+    def log(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Stores predictions (idempotent on prediction id)."""
+        if rows:
+            insert = self.dialect.insert(self.predictions).on_conflict_do_nothing()
+            with self.engine.begin() as db:
+                db.execute(insert, list(rows))
+
+    def add_feedback(self, model: str, items: Sequence[tuple[str, Any]]) -> int:
+        """Stores ground truth per prediction id; a later value replaces an earlier one."""
+        now = time.time()
+        rows = [
+            {
+                "prediction_id": pid,
+                "model": model,
+                "ground_truth": orjson.dumps(truth).decode(),
+                "received_at": now,
+            }
+            for pid, truth in items
+        ]
+        if not rows:
+            return 0
+        insert = self.dialect.insert(self.feedback)
+        upsert = insert.on_conflict_do_update(
+            index_elements=["prediction_id"],
+            set_={
+                "ground_truth": insert.excluded.ground_truth,
+                "received_at": insert.excluded.received_at,
+            },
+        )
+        with self.engine.begin() as db:
+            db.execute(upsert, rows)
+        return len(rows)
+
+    def predictions_of(self, model: str, since: float = 0.0, limit: int = 100_000) -> pd.DataFrame:
+        """Logged predictions of ``model`` since ``since`` (epoch seconds), newest last."""
+        p = self.predictions
+        query = (
+            sa.select(p)
+            .where(p.c.model == model, p.c.ts >= since)
+            .order_by(p.c.ts.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as db:
+            frame = pd.DataFrame(db.execute(query).mappings().all())
+        return frame.iloc[::-1].reset_index(drop=True) if len(frame) else frame
+
+    def labelled(self, model: str, since: float = 0.0) -> pd.DataFrame:
+        """Predictions of ``model`` that have ground truth: outputs, truth, version, delay."""
+        p, f = self.predictions, self.feedback
+        query = (
+            sa.select(
+                p.c.prediction_id,
+                p.c.version,
+                p.c.ts,
+                p.c.outputs,
+                f.c.ground_truth,
+                f.c.received_at,
+            )
+            .join(f, f.c.prediction_id == p.c.prediction_id)
+            .where(p.c.model == model, p.c.ts >= since)
+            .order_by(p.c.ts)
+        )
+        with self.engine.connect() as db:
+            return pd.DataFrame(db.execute(query).mappings().all())
+
+    def known(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are logged predictions."""
+        p = self.predictions
+        with self.engine.connect() as db:
+            rows = db.execute(sa.select(p.c.prediction_id).where(p.c.prediction_id.in_(ids)))
+            return {r[0] for r in rows}
+
+    def dispose(self) -> None:
+        self.engine.dispose()

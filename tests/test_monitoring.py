@@ -1,0 +1,139 @@
+"""Prediction log, feedback, live quality and drift: against scikit-learn and real servers."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+from sklearn import metrics
+from sklearn.datasets import load_breast_cancer
+
+from foretell import Repository
+from foretell.examples import datasets
+from foretell.monitoring.drift import drift
+from foretell.monitoring.quality import quality
+from tests.conftest import Server
+
+
+def _labelled(outputs: list[dict[str, object]], truth: list[object]) -> pd.DataFrame:
+    n = len(truth)
+    return pd.DataFrame(
+        {
+            "prediction_id": [str(i) for i in range(n)],
+            "version": "1",
+            "ts": np.arange(n, dtype=float),
+            "outputs": [orjson.dumps(o).decode() for o in outputs],
+            "ground_truth": [orjson.dumps(t).decode() for t in truth],
+            "received_at": np.arange(n, dtype=float) + 30.0,
+        }
+    )
+
+
+def test_classifier_quality_equals_scikit_learn(repository: Repository) -> None:
+    data = load_breast_cancer()
+    model = repository.load("breast-cancer")
+    results = model.predict(data.data[:200] * 1.05)  # a little off, so it makes mistakes
+    truth = [str(data.target_names[t]) for t in data.target[:200]]
+    report = quality(model.spec, _labelled([r.outputs for r in results], truth))
+    scores = report["versions"]["1"]
+    y = np.array(truth)
+    pred = np.array([r.outputs["label"] for r in results])
+    p_benign = np.array([r.outputs["probabilities"]["benign"] for r in results])
+    probs = np.column_stack([1 - p_benign, p_benign])  # columns: benign-sorted order below
+    assert scores["accuracy"] == metrics.accuracy_score(y, pred)
+    assert scores["precision"] == metrics.precision_score(y, pred, pos_label="benign")
+    assert scores["recall"] == metrics.recall_score(y, pred, pos_label="benign")
+    assert scores["f1"] == metrics.f1_score(y, pred, pos_label="benign")
+    assert scores["roc_auc"] == metrics.roc_auc_score(y == "benign", p_benign)
+    assert scores["log_loss"] == pytest.approx(
+        metrics.log_loss(y, probs[:, ::-1], labels=["benign", "malignant"]), rel=1e-12
+    )
+    assert 0 <= scores["calibration"]["ece"] <= 1
+    assert report["label_delay_seconds"]["median"] == 30.0
+
+
+def test_regressor_quality_equals_scikit_learn(repository: Repository) -> None:
+    from sklearn.datasets import load_diabetes
+
+    data = load_diabetes(as_frame=True, scaled=False)
+    model = repository.load("diabetes")
+    results = model.predict(data.data.iloc[:150])
+    truth = data.target.iloc[:150].tolist()
+    scores = quality(model.spec, _labelled([r.outputs for r in results], truth))["versions"]["1"]
+    pred = [r.outputs["value"] for r in results]
+    assert scores["mae"] == metrics.mean_absolute_error(truth, pred)
+    assert scores["rmse"] == metrics.root_mean_squared_error(truth, pred)
+    assert scores["r2"] == metrics.r2_score(truth, pred)
+
+
+def _fraud_inputs(seed: int, rows: int = 500) -> pd.DataFrame:
+    return datasets.card_transactions(rows=rows, seed=seed).drop(columns=["is_fraud"])
+
+
+def test_shifted_features_drift_and_the_others_do_not(repository: Repository) -> None:
+    spec = repository.get("card-fraud").spec
+    shifted = _fraud_inputs(1000)
+    shifted["amount"] *= 3
+    shifted["merchant_category"] = "electronics"
+    report = drift(spec, shifted)
+    assert report["drifted"] == ["amount", "merchant_category"]
+    assert drift(spec, _fraud_inputs(1001))["drifted"] == []
+
+
+def test_false_alarm_rate_over_100_unshifted_samples(repository: Repository) -> None:
+    """The rate documented in docs/monitoring.md: samples of 500 rows from the same process."""
+    spec = repository.get("card-fraud").spec
+    alarms = sum(bool(drift(spec, _fraud_inputs(2000 + i))["drifted"]) for i in range(100))
+    assert alarms <= 5, f"{alarms} of 100 unshifted samples raised a drift alarm"
+
+
+def test_feedback_quality_and_drift_through_http(server: Server) -> None:
+    data = load_breast_cancer()
+    url = f"{server.url}/v1/models/breast-cancer"
+    answers = httpx.post(
+        f"{url}:predict", json={"instances": data.data[:150].tolist()}, timeout=30
+    ).json()["predictions"]
+    feedback = [
+        {"prediction_id": a["prediction_id"], "ground_truth": str(data.target_names[t])}
+        for a, t in zip(answers, data.target[:150], strict=True)
+    ]
+    assert httpx.post(f"{url}/feedback", json=feedback[0]).json() == {"accepted": 1}
+    assert httpx.post(f"{url}/feedback", json={"feedback": feedback}).json() == {"accepted": 150}
+    bad = httpx.post(f"{url}/feedback", json={"prediction_id": "p", "ground_truth": "maybe"})
+    assert bad.status_code == 400 and "must be one of its labels" in bad.json()["error"]
+    assert httpx.post(f"{url}/feedback", json={"nope": 1}).status_code == 400
+    deadline = time.monotonic() + 30
+    while True:
+        report = httpx.get(f"{url}/monitoring", timeout=30).json()
+        if report["quality"]["rows"] >= 150 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    scores = report["quality"]["versions"]["2"]
+    assert scores["rows"] >= 150 and scores["accuracy"] > 0.9
+    assert report["predictions"] >= 150 and "features" in report["drift"]
+    assert httpx.get(f"{url}/monitoring?window=abc").status_code == 400
+    text = httpx.get(f"{server.url}/metrics").text
+    assert 'foretell_quality{metric="accuracy",model="breast-cancer",version="2"}' in text
+
+
+def test_sigterm_flushes_every_answered_prediction(examples_root: Path, tmp_path: Path) -> None:
+    running = Server(["--repository", str(examples_root)], cwd=tmp_path)
+    answered = 0
+    for _ in range(40):
+        response = httpx.post(
+            f"{running.url}/v1/models/sentiment:predict",
+            json={"instances": [{"text": "fine"}] * 25},
+        )
+        answered += len(response.json()["predictions"])
+    running.process.send_signal(signal.SIGTERM)
+    assert running.process.wait(timeout=60) == 0
+    with sqlite3.connect(tmp_path / "foretell-data" / "monitoring.db") as db:
+        logged = db.execute("SELECT COUNT(*) FROM foretell_predictions").fetchone()[0]
+    assert logged == answered == 1000

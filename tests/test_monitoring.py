@@ -137,3 +137,25 @@ def test_sigterm_flushes_every_answered_prediction(examples_root: Path, tmp_path
     with sqlite3.connect(tmp_path / "foretell-data" / "monitoring.db") as db:
         logged = db.execute("SELECT COUNT(*) FROM foretell_predictions").fetchone()[0]
     assert logged == answered == 1000
+
+
+def test_json_logs_carry_ids_and_no_payloads(examples_root: Path, tmp_path: Path) -> None:
+    running = Server(["--repository", str(examples_root), "--log-format", "json"], cwd=tmp_path)
+    try:
+        response = httpx.post(
+            f"{running.url}/v1/models/sentiment:predict",
+            json={"instances": [{"text": "a secret review text"}]},
+            headers={"X-Request-ID": "req-42"},
+        )
+        assert response.headers["x-request-id"] == "req-42"
+        prediction_id = response.json()["predictions"][0]["prediction_id"]
+    finally:
+        running.stop()
+    lines = [
+        orjson.loads(line) for line in running.log.read_text().splitlines() if line.startswith("{")
+    ]
+    mine = [line for line in lines if line.get("request_id") == "req-42"]
+    assert {line["logger"] for line in mine} == {"foretell.serving", "foretell.access"}
+    assert any(prediction_id in line.get("prediction_ids", []) for line in mine)
+    assert all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
+    assert "a secret review text" not in running.log.read_text()

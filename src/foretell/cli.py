@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
@@ -369,6 +368,9 @@ def serve(
         int, typer.Option(envvar="FORETELL_GRPC_PORT", help="gRPC port; 0 turns gRPC off.")
     ] = 8081,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_format: Annotated[
+        str, typer.Option(help="text, or json: one JSON object per line.")
+    ] = "text",
     monitoring_db: Annotated[
         str, typer.Option(help="Prediction log and feedback store (sqlite:/// or postgresql://).")
     ] = "sqlite:///foretell-data/monitoring.db",
@@ -394,7 +396,15 @@ def serve(
     from foretell.serving import DataPlane
     from foretell.serving.server import serve as run_server
 
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter(f"--log-format must be text or json; got {log_format!r}")
+    if log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise typer.BadParameter(
+            f"--log-level must be debug, info, warning or error; got {log_level!r}"
+        )
+    from foretell.monitoring.logs import configure
+
+    log_config = configure(log_level, log_format)
     if repository is None:
         repository = DEFAULT_DATA / "models"
         if not repository.is_dir() or not Repository(repository).names():
@@ -420,7 +430,9 @@ def serve(
         version = f" v{entry['version']}" if entry["version"] else ""
         err.print(f"{entry['name']}{version}: {status}", markup=False, highlight=False)
     try:
-        asyncio.run(run_server(plane, host, port, grpc_port or None, log_level))
+        asyncio.run(
+            run_server(plane, host, port, grpc_port or None, log_level, log_config=log_config)
+        )
     finally:
         if monitor is not None:
             monitor.close()  # every answered prediction reaches the log

@@ -4,8 +4,9 @@ Numbers: population stability index over the reference histogram's bins, and the
 Kolmogorov-Smirnov test against the reference distribution (its CDF interpolated from the
 stored quantiles, an approximation) for floats, or a chi-square test over the histogram's bins
 for integers and booleans (KS assumes continuous values); categories: the chi-square test
-against the reference frequencies. Also the missing and out-of-range rates. A feature drifts when its PSI passes
-the spec's ``monitoring.psi`` threshold or a test's p-value falls below ``monitoring.p_value``.
+against the reference frequencies. Also the missing and out-of-range rates. A feature drifts
+when its PSI passes the spec's ``monitoring.psi`` threshold or a test's p-value falls below
+``monitoring.p_value``.
 """
 
 from __future__ import annotations

@@ -84,9 +84,7 @@ def classification(labels: list[str], outputs: list[Any], truth: list[Any]) -> d
         "recall": float(metrics.recall_score(y, pred, labels=labels, **options)),
         "f1": float(metrics.f1_score(y, pred, labels=labels, **options)),
         # log_loss reads probability columns in sorted label order
-        "log_loss": float(
-            metrics.log_loss(y, probs[:, np.argsort(labels)], labels=sorted(labels))
-        ),
+        "log_loss": float(metrics.log_loss(y, probs[:, np.argsort(labels)], labels=sorted(labels))),
         "roc_auc": None,
     }
     if present:

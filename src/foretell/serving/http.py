@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
+import uuid
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -23,6 +25,9 @@ from foretell.serving.openapi import DOCS_PAGE, openapi
 from foretell.serving.rest_v2 import JSON, read_body, v2_routes
 from foretell.serving.v2 import V2
 
+log = logging.getLogger("foretell.serving")
+access = logging.getLogger("foretell.access")
+
 #: Requests with larger bodies are refused before they are read in full.
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
@@ -39,11 +44,17 @@ class RequestMetrics:
             return
         status = 500
         started = time.perf_counter()
+        headers = dict(scope.get("headers") or [])
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
 
         async def record_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message.setdefault("headers", []).append(
+                    (b"x-request-id", request_id.encode("latin-1"))
+                )
             await send(message)
 
         try:
@@ -55,7 +66,20 @@ class RequestMetrics:
                 protocol = "v1" if scope["path"].startswith("/v1/") else "v2"
                 metrics = self.plane.metrics
                 metrics.requests.labels(model, protocol, str(status)).inc()
-                metrics.duration.labels(model, protocol).observe(time.perf_counter() - started)
+                seconds = time.perf_counter() - started
+                metrics.duration.labels(model, protocol).observe(seconds)
+                access.info(
+                    "%s %s %d",
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    extra={
+                        "request_id": request_id,
+                        "model": model,
+                        "status": status,
+                        "duration_ms": round(seconds * 1000, 3),
+                    },
+                )
 
 
 def create_app(plane: DataPlane, max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:
@@ -90,6 +114,18 @@ def create_app(plane: DataPlane, max_body_bytes: int = MAX_BODY_BYTES) -> Starle
         if not isinstance(instances, list):
             raise InputFormatError(f'"instances" must be a list; got {type(instances).__name__}')
         results = await run_in_threadpool(plane.predict, name, instances)
+        if results:
+            log.info(
+                "predicted %d rows with %s v%s",
+                len(results),
+                name,
+                results[0].version,
+                extra={
+                    "request_id": request.scope["state"].get("request_id"),
+                    "model": name,
+                    "prediction_ids": [r.prediction_id for r in results[:100]],
+                },
+            )
         return JSON({"predictions": [r.to_dict() for r in results]})
 
     def _monitor(name: str) -> Monitor:

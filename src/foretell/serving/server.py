@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import Any
 
 import uvicorn
 
@@ -22,6 +23,7 @@ async def serve(
     grpc_port: int | None,
     log_level: str = "info",
     grace_seconds: float = 30.0,
+    log_config: dict[str, Any] | None = None,
 ) -> None:
     """Serves until SIGTERM or SIGINT, then stops accepting and lets in-flight requests finish
     (at most ``grace_seconds``) on both transports before returning."""
@@ -32,6 +34,7 @@ async def serve(
         log_level=log_level.lower(),
         lifespan="off",
         timeout_graceful_shutdown=int(grace_seconds),
+        log_config=log_config,
     )
     http = uvicorn.Server(config)
     grpc_server = None

@@ -159,3 +159,77 @@ def test_json_logs_carry_ids_and_no_payloads(examples_root: Path, tmp_path: Path
     assert any(prediction_id in line.get("prediction_ids", []) for line in mine)
     assert all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
     assert "a secret review text" not in running.log.read_text()
+
+
+def test_feedback_import_and_monitor_report(examples_root: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from foretell.cli import app
+
+    running = Server(["--repository", str(examples_root)], cwd=tmp_path)
+    data = load_breast_cancer()
+    try:
+        answers = httpx.post(
+            f"{running.url}/v1/models/breast-cancer:predict",
+            json={"instances": data.data[:120].tolist()},
+        ).json()["predictions"]
+    finally:
+        running.stop()
+    labels = pd.DataFrame(
+        {
+            "prediction_id": [a["prediction_id"] for a in answers],
+            "ground_truth": [str(data.target_names[t]) for t in data.target[:120]],
+        }
+    )
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    db = f"sqlite:///{tmp_path / 'foretell-data' / 'monitoring.db'}"
+    runner = CliRunner()
+    imported = runner.invoke(
+        app,
+        [
+            "feedback",
+            "import",
+            "breast-cancer",
+            str(tmp_path / "labels.csv"),
+            "-r",
+            str(examples_root),
+            "--monitoring-db",
+            db,
+        ],
+    )
+    assert imported.exit_code == 0, imported.output
+    assert "imported 120 ground-truth values" in imported.stderr
+    wrong = pd.DataFrame({"prediction_id": ["x"], "ground_truth": ["maybe"]})
+    wrong.to_csv(tmp_path / "wrong.csv", index=False)
+    refused = runner.invoke(
+        app,
+        [
+            "feedback",
+            "import",
+            "breast-cancer",
+            str(tmp_path / "wrong.csv"),
+            "-r",
+            str(examples_root),
+            "--monitoring-db",
+            db,
+        ],
+    )
+    assert refused.exit_code == 2 and "must be one of its labels" in refused.stderr
+    report = runner.invoke(
+        app,
+        [
+            "monitor",
+            "breast-cancer",
+            "-r",
+            str(examples_root),
+            "--monitoring-db",
+            db,
+            "--html",
+            str(tmp_path / "r.html"),
+        ],
+    )
+    assert report.exit_code == 0, report.output
+    assert "120 with ground truth" in report.stdout and "accuracy" in report.stdout
+    page = (tmp_path / "r.html").read_text()
+    assert "<svg" in page and "Monitoring of breast-cancer" in page
+    assert "src=\"http" not in page and "href=\"http" not in page

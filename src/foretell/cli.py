@@ -304,6 +304,90 @@ def stream(
     )
 
 
+feedback_app = typer.Typer(help="Ground truth for logged predictions.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
+MonitoringDb = Annotated[
+    str,
+    typer.Option(
+        envvar="FORETELL_MONITORING_DB",
+        help="The monitoring store the server logs to (sqlite:/// or postgresql://).",
+    ),
+]
+
+
+@feedback_app.command("import")
+@user_errors
+def feedback_import(
+    model: Annotated[str, typer.Argument(help="Model the ground truth is for.")],
+    source: Annotated[
+        str, typer.Argument(help="File or SQL URI with prediction_id, ground_truth.")
+    ],
+    repository: Repo = DEFAULT_DATA / "models",
+    monitoring_db: MonitoringDb = "sqlite:///foretell-data/monitoring.db",
+) -> None:
+    """Import ground truth from a file or table with columns prediction_id and ground_truth.
+
+    Example: `foretell feedback import breast-cancer labels.csv`
+    """
+    from foretell.errors import UserError
+    from foretell.monitoring.monitor import check_truth
+    from foretell.monitoring.store import MonitoringStore
+    from foretell.repository import Repository
+    from foretell.sources import open_source
+
+    spec = Repository(repository).get(model).spec
+    rows = open_source(source)
+    missing = {"prediction_id", "ground_truth"} - set(rows.columns())
+    if missing:
+        raise UserError(
+            f"source '{source}' needs the columns prediction_id and ground_truth; it lacks "
+            f"{sorted(missing)}"
+        )
+    store = MonitoringStore(monitoring_db)
+    total = 0
+    for chunk in rows.chunks(10_000):
+        pairs = [
+            (str(pid), check_truth(spec, truth.item() if hasattr(truth, "item") else truth))
+            for pid, truth in zip(chunk["prediction_id"], chunk["ground_truth"], strict=True)
+        ]
+        total += store.add_feedback(spec.name, pairs)
+    err.print(f"imported {total:,} ground-truth values for {spec.name}", markup=False)
+
+
+@app.command()
+@user_errors
+def monitor(
+    model: Annotated[str, typer.Argument(help="Model to report on.")],
+    repository: Repo = DEFAULT_DATA / "models",
+    monitoring_db: MonitoringDb = "sqlite:///foretell-data/monitoring.db",
+    window: Annotated[float, typer.Option(help="Hours of predictions to look at.")] = 24.0,
+    html: Annotated[Path | None, typer.Option(help="Also write an HTML report here.")] = None,
+) -> None:
+    """Live quality, drift and alerts of a model, from its prediction log and feedback.
+
+    Example: `foretell monitor breast-cancer --window 24 --html report.html`
+    """
+    from prometheus_client import CollectorRegistry
+
+    from foretell.monitoring.monitor import Monitor
+    from foretell.monitoring.report import html_report, print_report
+    from foretell.monitoring.store import MonitoringStore
+    from foretell.repository import Repository
+
+    if window <= 0:
+        raise typer.BadParameter(f"--window must be positive; got {window}")
+    spec = Repository(repository).get(model).spec
+    watcher = Monitor(MonitoringStore(monitoring_db), CollectorRegistry(), interval=3600)
+    try:
+        report = watcher.report(spec, window * 3600)
+    finally:
+        watcher.close()
+    print_report(report, Console(width=120))
+    if html is not None:
+        html.write_text(html_report(report, spec.monitoring.psi), encoding="utf-8")
+        err.print(f"wrote {html}", markup=False)
+
+
 @app.command("validate-repository")
 @user_errors
 def validate_repository(

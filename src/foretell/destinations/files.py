@@ -117,6 +117,9 @@ class ParquetDataset(Destination):
         self.path.mkdir(exist_ok=True)
         _replace(frame, self.path / f"{job_id}-part-{chunk:06d}.parquet", "parquet")
 
+    def errors_uri(self) -> str:
+        return str(self.path.with_name(f"{self.path.stem}.errors.parquet"))
+
     def read(self, job_id: str) -> pd.DataFrame:
         parts = sorted(self.path.glob(f"{job_id}-part-*.parquet"))
         if not parts:

@@ -217,8 +217,10 @@ def stream(
         str | None,
         typer.Option(help="Bad messages: a stream, topic or table; default: beside the source."),
     ] = None,
-    max_batch: Annotated[int, typer.Option(help="Most messages per micro-batch.")] = 500,
-    max_wait_ms: Annotated[int, typer.Option(help="Longest wait to fill a micro-batch.")] = 50,
+    max_batch: Annotated[int, typer.Option(help="Most messages per micro-batch.", min=1)] = 500,
+    max_wait_ms: Annotated[
+        int, typer.Option(help="Longest wait for a micro-batch's first message.", min=1)
+    ] = 50,
     job_id: Annotated[
         str | None, typer.Option(help="Name of the consumer job; default: stream-MODEL.")
     ] = None,
@@ -237,8 +239,8 @@ def stream(
     * `foretell stream card-fraud --source "redis://127.0.0.1:6379/0?stream=payments"
       --destination "sqlite:///scores.db?table=fraud"
       --output "redis://127.0.0.1:6379/0?stream=decisions"`
-    * `foretell stream iris-segments --source "mqtt://127.0.0.1:1883/sensors/#"
-      --destination scores.db`
+    * `foretell stream iris-segments --source "mqtt://127.0.0.1:1883/sensors/#?client_id=iris"
+      --destination "sqlite:///scores.db?table=segments"`
     * `cat events.jsonl | foretell stream sentiment --source - --destination out.jsonl`
     """
     import os
@@ -255,12 +257,16 @@ def stream(
     loaded = Repository(repository).load(model, version)
     store = open_destination(destination)
     store.check()
-    if dead_letter is None:
-        dead_letter = (
-            source.replace("stream=", "stream=dead-", 1)
-            if source.startswith("redis") and "stream=" in source
-            else store.errors_uri()
-        )
+    if dead_letter is None:  # a Redis source's go to the stream dead-NAME beside it
+        if source.startswith(("redis://", "rediss://")):
+            from urllib.parse import quote
+
+            from foretell.sources.redis_stream import parse_redis_uri
+
+            url, options = parse_redis_uri(source)
+            dead_letter = f"{url}?stream={quote('dead-' + options['stream'], safe='')}"
+        else:
+            dead_letter = store.errors_uri()
     dead = (
         open_publisher(dead_letter) if is_publisher(dead_letter) else open_destination(dead_letter)
     )
@@ -286,6 +292,7 @@ def stream(
         metrics=metrics,
     )
     err.print(f"consuming {source} with {loaded.name} v{loaded.version}", markup=False)
+    err.print(f"dead letters go to {dead_letter}", markup=False)
     try:
         totals = job.run(stop, exit_when_idle)
     finally:
@@ -302,6 +309,67 @@ def stream(
         "letters",
         markup=False,
     )
+
+
+keys_app = typer.Typer(help="API keys for servers started with --auth.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+KeysFile = Annotated[
+    Path, typer.Option("--keys", envvar="FORETELL_KEYS", help="The API key store.")
+]
+
+
+@keys_app.command("create")
+@user_errors
+def keys_create(
+    scope: Annotated[
+        list[str],
+        typer.Option(help="predict:<model|*>, feedback:<model|*>, monitor:<model|*> or admin."),
+    ],
+    name: Annotated[str, typer.Option(help="What the key is for.")] = "",
+    keys_file: KeysFile = DEFAULT_DATA / "keys.json",
+) -> None:
+    """Create an API key; it is printed once and stored only as a hash.
+
+    Example: `foretell keys create --scope predict:* --scope feedback:breast-cancer --name app`
+    """
+    from foretell.serving.keys import KeyStore
+
+    secret, key = KeyStore(keys_file).create(name, scope)
+    err.print(f"key {key.id} with scopes {', '.join(key.scopes)} (shown once):", markup=False)
+    print(secret)
+
+
+@keys_app.command("list")
+@user_errors
+def keys_list(keys_file: KeysFile = DEFAULT_DATA / "keys.json") -> None:
+    """List the keys (ids, names and scopes; never the secrets).
+
+    Example: `foretell keys list`
+    """
+    from foretell.serving.keys import KeyStore
+
+    table = Table()
+    for column in ("id", "name", "scopes"):
+        table.add_column(column)
+    for key in KeyStore(keys_file).list():
+        table.add_row(key.id, key.name, ", ".join(key.scopes))
+    Console(width=160).print(table)
+
+
+@keys_app.command("revoke")
+@user_errors
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id, from `foretell keys list`.")],
+    keys_file: KeysFile = DEFAULT_DATA / "keys.json",
+) -> None:
+    """Revoke a key; servers refuse it from their next request on.
+
+    Example: `foretell keys revoke 3f2a9c1b7d4e`
+    """
+    from foretell.serving.keys import KeyStore
+
+    KeyStore(keys_file).revoke(key_id)
+    err.print(f"revoked {key_id}", markup=False)
 
 
 feedback_app = typer.Typer(help="Ground truth for logged predictions.", no_args_is_help=True)
@@ -388,6 +456,63 @@ def monitor(
         err.print(f"wrote {html}", markup=False)
 
 
+@app.command()
+@user_errors
+def update(
+    model: Annotated[str, typer.Argument(help="Model that learns from its ground truth.")],
+    repository: Repo = DEFAULT_DATA / "models",
+    monitoring_db: MonitoringDb = "sqlite:///foretell-data/monitoring.db",
+    holdout: Annotated[
+        float, typer.Option(help="Share of the most recent labelled rows held back to compare.")
+    ] = 0.2,
+) -> None:
+    """Train the serving version on its new ground truth (partial_fit) into a new version,
+    which serves only if it is not worse on the held-back rows.
+
+    Example: `foretell update loan-approval -r foretell-data/models`
+    """
+    from foretell.monitoring.online import update as learn
+    from foretell.monitoring.store import MonitoringStore
+    from foretell.repository import Repository
+
+    result = learn(Repository(repository), MonitoringStore(monitoring_db), model, holdout)
+    state = "serves" if result.promoted else "is written but not served"
+    err.print(
+        f"{model} v{result.version} (from v{result.base_version}, {result.trained_rows:,} rows "
+        f"learned) {state}: {result.reason}",
+        markup=False,
+        highlight=False,
+    )
+    if result.promoted:
+        err.print(
+            f"a running server serves it after: curl -X POST "
+            f"localhost:8080/v2/repository/models/{model}/load",
+            markup=False,
+            highlight=False,
+        )
+
+
+@app.command()
+@user_errors
+def rollback(
+    model: Annotated[str, typer.Argument(help="Model to roll back.")],
+    repository: Repo = DEFAULT_DATA / "models",
+) -> None:
+    """Serve the version served before the current one again (pinned in policy.yaml).
+
+    Example: `foretell rollback loan-approval -r foretell-data/models`
+    """
+    from foretell.monitoring.online import rollback as back
+    from foretell.repository import Repository
+
+    result = back(Repository(repository), model)
+    err.print(
+        f"{model}: serving v{result.serving} (was v{result.previous})",
+        markup=False,
+        highlight=False,
+    )
+
+
 @app.command("validate-repository")
 @user_errors
 def validate_repository(
@@ -464,6 +589,16 @@ def serve(
     no_monitoring: Annotated[
         bool, typer.Option("--no-monitoring", help="Log no predictions, take no feedback.")
     ] = False,
+    auth: Annotated[
+        bool | None,
+        typer.Option(
+            "--auth/--no-auth",
+            help="Require API keys; default: on unless the host is a loopback address.",
+        ),
+    ] = None,
+    keys_file: Annotated[
+        Path, typer.Option("--keys", envvar="FORETELL_KEYS", help="The API key store.")
+    ] = DEFAULT_DATA / "keys.json",
 ) -> None:
     """Serve every model of a repository over REST and gRPC (Open Inference Protocol V2,
     KServe V1 records, health, OpenAPI docs at /docs).
@@ -496,6 +631,21 @@ def serve(
 
             with err.status(f"first start: building the example models into {repository}..."):
                 build_examples(repository)
+    from foretell.serving.auth import auth_by_default
+
+    if auth is None:
+        auth = auth_by_default(host)
+    keys = None
+    if auth:
+        from foretell.serving.keys import KeyStore
+
+        keys = KeyStore(keys_file)
+        if not keys.list():
+            err.print(
+                f"warning: API keys are required but {keys_file} holds none; create one with "
+                "`foretell keys create --scope predict:*`",
+                markup=False,
+            )
     if not 0.0 <= log_sample_rate <= 1.0:
         raise typer.BadParameter(f"--log-sample-rate must be in [0, 1]; got {log_sample_rate}")
     from foretell.monitoring.metrics import ServingMetrics
@@ -515,11 +665,172 @@ def serve(
         err.print(f"{entry['name']}{version}: {status}", markup=False, highlight=False)
     try:
         asyncio.run(
-            run_server(plane, host, port, grpc_port or None, log_level, log_config=log_config)
+            run_server(
+                plane,
+                host,
+                port,
+                grpc_port or None,
+                log_level,
+                log_config=log_config,
+                keys=keys,
+            )
         )
     finally:
         if monitor is not None:
             monitor.close()  # every answered prediction reaches the log
+
+
+causal_app = typer.Typer(
+    help="Causal effects of a treatment from data, and uplift models that serve them.",
+    no_args_is_help=True,
+)
+app.add_typer(causal_app, name="causal")
+
+
+def _names(values: list[str] | str | None) -> list[str]:
+    """Comma-separated (and, for lists, repeated) option values as one list."""
+    items = [values] if isinstance(values, str) else values or []
+    return [name.strip() for item in items for name in item.split(",") if name.strip()]
+
+
+@causal_app.command("estimate")
+@user_errors
+def causal_estimate(
+    source: Annotated[str, typer.Option(help="The data: a CSV, JSONL or Parquet file, or SQL.")],
+    treatment: Annotated[str, typer.Option(help="Treatment column: 0/1, or a dose.")],
+    outcome: Annotated[str, typer.Option(help="Outcome column, a number.")],
+    confounders: Annotated[
+        str | None, typer.Option(help="Common causes of treatment and outcome: A,B,C.")
+    ] = None,
+    graph: Annotated[
+        Path | None, typer.Option(help="A causal graph (.dot or .yaml) instead of --confounders.")
+    ] = None,
+    instrument: Annotated[str | None, typer.Option(help="Instrument column (2SLS).")] = None,
+    method: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--method",
+            "-m",
+            help="difference, regression, matching, weighting, aipw or iv; repeat or "
+            "comma-separate. Default: every method that applies.",
+        ),
+    ] = None,
+    effect: Annotated[
+        str, typer.Option(help="ate, att (on the treated) or atc (on the controls).")
+    ] = "ate",
+    interval: Annotated[
+        str, typer.Option(help="auto (analytic where the method has one), analytic, bootstrap.")
+    ] = "auto",
+    level: Annotated[float, typer.Option(help="Confidence level of the intervals.")] = 0.95,
+    resamples: Annotated[int, typer.Option(help="Resamples of a bootstrap interval.")] = 200,
+    refute: Annotated[
+        bool, typer.Option(help="Run the placebo, random-cause and subset checks.")
+    ] = True,
+    report: Annotated[
+        Path | None, typer.Option(help="Also write an HTML report with plots to this file.")
+    ] = None,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results as JSON here.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of resampling and cross-fitting.")] = 0,
+) -> None:
+    """Estimate the effect of a treatment on an outcome, with intervals, balance and overlap
+    diagnostics and refutation checks.
+
+    Examples:
+
+    * `foretell causal estimate --source visits.parquet --treatment coupon --outcome spend
+      --confounders age,visits_last_year,region`
+    * `foretell causal estimate --source visits.parquet --treatment coupon --outcome spend
+      --graph causes.dot --effect att --report effect.html`
+    * `foretell causal estimate --source trial.csv --treatment dose --outcome recovery
+      --confounders age --instrument distance_to_clinic --method iv,regression`
+    """
+    import json
+    import os
+    import warnings
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from foretell.insight.causal import CausalWarning, estimate_effect
+    from foretell.insight.causal.report import print_report, write_html
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CausalWarning)  # the report lists them
+        with err.status("estimating..."):
+            analysis = estimate_effect(
+                source,
+                treatment=treatment,
+                outcome=outcome,
+                confounders=_names(confounders),
+                instrument=instrument,
+                graph=graph,
+                methods=_names(method) or None,
+                effect=effect,  # type: ignore[arg-type]
+                interval=interval,
+                level=level,
+                resamples=resamples,
+                refutations=refute,
+                seed=seed,
+            )
+    print_report(analysis, Console(width=120))
+    if report is not None:
+        write_html(analysis, report)
+        err.print(f"report -> {report}", markup=False, highlight=False)
+    if json_file is not None:
+        json_file.write_text(json.dumps(analysis.to_dict(), indent=2), encoding="utf-8")
+        err.print(f"results -> {json_file}", markup=False, highlight=False)
+
+
+@causal_app.command("train")
+@user_errors
+def causal_train(
+    source: Annotated[str, typer.Option(help="Training data: a file or SQL URI.")],
+    treatment: Annotated[str, typer.Option(help="Treatment column, 0/1.")],
+    outcome: Annotated[str, typer.Option(help="Outcome column, a number.")],
+    features: Annotated[
+        str, typer.Option(help="Model inputs: A,B,C (include every confounder).")
+    ],
+    name: Annotated[str, typer.Option(help="Model name in the repository.")],
+    repository: Repo = DEFAULT_DATA / "models",
+    learner: Annotated[str, typer.Option(help="boosting or linear outcome models.")] = (
+        "boosting"
+    ),
+    bags: Annotated[int, typer.Option(help="Bootstrap bags: more give steadier intervals.")] = 25,
+    level: Annotated[float, typer.Option(help="Level of the effect's interval.")] = 0.9,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+) -> None:
+    """Train an uplift (CATE) model and write it as a new version in the model repository;
+    served like any model, it answers each row's outcome under treatment and under control
+    and its individual effect with an interval.
+
+    Example: `foretell causal train --source visits.parquet --treatment coupon --outcome spend
+    --features age,visits_last_year,region --repository foretell-data/models --name coupon-uplift`,
+    then `foretell serve` and `POST /v1/models/coupon-uplift:predict`
+    """
+    import os
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from foretell.insight.causal.uplift import train_uplift
+
+    with err.status(f"training {bags} bags of {learner} outcome models..."):
+        spec = train_uplift(
+            source,
+            treatment=treatment,
+            outcome=outcome,
+            features=_names(features),
+            repository=repository,
+            name=name,
+            learner=learner,
+            bags=bags,
+            level=level,
+            seed=seed,
+        )
+    err.print(
+        f"trained {spec.name} v{spec.version} (uplift: effect of {treatment} on {outcome}) -> "
+        f"{repository / spec.name / spec.version}",
+        markup=False,
+        highlight=False,
+    )
 
 
 def main() -> Any:

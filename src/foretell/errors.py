@@ -8,6 +8,8 @@ root once; nothing else catches errors by message.
     ├── UserError                  400 / exit 2   the caller asked for something malformed
     │   ├── InputFormatError       400 / exit 2   a body or file that cannot be decoded
     │   └── ValidationError        400 / exit 2   rows that break the model's input schema
+    ├── UnauthorizedError          401 / exit 6   no valid API key was sent
+    ├── ForbiddenError             403 / exit 6   the key lacks the scope the call needs
     ├── NotFoundError              404 / exit 3   an unknown model or version
     ├── SpecError                  500 / exit 4   a model.yaml that is not a valid spec
     └── ModelLoadError             503 / exit 5   a model that cannot be loaded or is not ready
@@ -72,6 +74,20 @@ class ValidationError(UserError):
 
     def to_json(self) -> dict[str, Any]:
         return {"error": self.message, "violations": [v.to_json() for v in self.violations]}
+
+
+class UnauthorizedError(ForetellError):
+    """No valid API key came with a call that needs one."""
+
+    status = 401
+    exit_code = 6
+
+
+class ForbiddenError(ForetellError):
+    """A valid API key without the scope the call needs."""
+
+    status = 403
+    exit_code = 6
 
 
 class NotFoundError(ForetellError):

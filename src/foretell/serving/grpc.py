@@ -24,6 +24,8 @@ import grpc
 import numpy as np
 
 from foretell.errors import ForetellError, InputFormatError, ModelLoadError, UserError
+from foretell.serving.auth import authorise
+from foretell.serving.keys import KeyStore
 from foretell.serving.protos import inference_pb2 as pb
 from foretell.serving.protos import inference_pb2_grpc
 from foretell.serving.tensors import Tensor, check_header, from_bytes, from_json, to_bytes
@@ -37,6 +39,8 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: ForetellError.status (HTTP) -> gRPC status; anything else is INTERNAL.
 _CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     503: grpc.StatusCode.UNAVAILABLE,
@@ -62,7 +66,9 @@ _CONTENTS = {
 _IGNORED_UNLOAD_PARAMETERS = {"unload_dependents"}
 
 
-def create_grpc_server(v2: V2, host: str, port: int) -> grpc.aio.Server:
+def create_grpc_server(
+    v2: V2, host: str, port: int, keys: KeyStore | None = None
+) -> grpc.aio.Server:
     """A gRPC server answering the Open Inference Protocol on ``host:port``; not yet started.
 
     Call it from the event loop that will run the server, then ``await server.start()``;
@@ -78,7 +84,7 @@ def create_grpc_server(v2: V2, host: str, port: int) -> grpc.aio.Server:
     )
     # protoc writes no types for the grpc module; its one function is called here only.
     add_servicer = inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server
-    add_servicer(InferenceServicer(v2), server)  # type: ignore[no-untyped-call]
+    add_servicer(InferenceServicer(v2, keys), server)  # type: ignore[no-untyped-call]
     address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
     try:
         server.add_insecure_port(address)
@@ -125,8 +131,14 @@ def _answers(method: _Method[_Request, _Response]) -> _Method[_Request, _Respons
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     """``inference.GRPCInferenceService`` over a :class:`V2` data plane."""
 
-    def __init__(self, v2: V2) -> None:
-        self.v2 = v2
+    def __init__(self, v2: V2, keys: KeyStore | None = None) -> None:
+        self.v2, self.keys = v2, keys
+
+    def _allow(self, context: Any, scope: str) -> None:
+        """With API keys on, the call's ``authorization`` metadata must grant ``scope``."""
+        if self.keys is not None:
+            metadata = dict(context.invocation_metadata() or ())
+            authorise(self.keys, str(metadata.get("authorization", "")), scope)
 
     @_answers
     async def ServerLive(
@@ -144,6 +156,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: Any
     ) -> pb.ModelReadyResponse:
+        self._allow(context, f"predict:{request.name}")
         return pb.ModelReadyResponse(
             ready=self.v2.model_ready(request.name, request.version or None)
         )
@@ -153,6 +166,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ServerMetadataRequest, context: Any
     ) -> pb.ServerMetadataResponse:
         meta = self.v2.server_metadata()
+        self._allow(context, "predict:any")
         return pb.ServerMetadataResponse(
             name=meta["name"], version=meta["version"], extensions=meta["extensions"]
         )
@@ -161,6 +175,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: Any
     ) -> pb.ModelMetadataResponse:
+        self._allow(context, f"predict:{request.name}")
         meta = self.v2.model_metadata(request.name, request.version or None)
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
@@ -181,6 +196,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Any
     ) -> pb.ModelInferResponse:
+        self._allow(context, f"predict:{request.model_name}")
         return await self._infer(request)
 
     async def ModelStreamInfer(
@@ -189,6 +205,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         """Answers each request in turn; an error answers its request and the stream goes on."""
         async for request in requests:
             try:
+                self._allow(context, f"predict:{request.model_name}")
                 response = await self._infer(request)
             except Exception as exc:
                 if isinstance(exc, ForetellError):
@@ -210,6 +227,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: Any
     ) -> pb.RepositoryIndexResponse:
+        self._allow(context, "admin")
         models = [
             pb.RepositoryIndexResponse.ModelIndex(
                 name=entry["name"],
@@ -226,6 +244,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
+        self._allow(context, "admin")
         if request.parameters:
             raise InputFormatError(
                 f"model '{request.model_name}': foretell loads models as the repository holds "
@@ -240,6 +259,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
+        self._allow(context, "admin")
         unknown = sorted(set(request.parameters) - _IGNORED_UNLOAD_PARAMETERS)
         if unknown:
             raise InputFormatError(

@@ -1,8 +1,10 @@
-"""The REST transport: KServe V1 records routes and health, translated to the data plane."""
+"""The REST transport: KServe V1 records routes, health, feedback, monitoring and online
+updates, translated to the data plane."""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 
@@ -19,8 +21,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from foretell.errors import ForetellError, InputFormatError, NotFoundError
+from foretell.monitoring import online
 from foretell.monitoring.monitor import Monitor
+from foretell.serving.auth import Authorise
 from foretell.serving.dataplane import DataPlane
+from foretell.serving.keys import KeyStore
 from foretell.serving.openapi import DOCS_PAGE, openapi
 from foretell.serving.rest_v2 import JSON, read_body, v2_routes
 from foretell.serving.v2 import V2
@@ -82,7 +87,9 @@ class RequestMetrics:
                 )
 
 
-def create_app(plane: DataPlane, max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:
+def create_app(
+    plane: DataPlane, max_body_bytes: int = MAX_BODY_BYTES, keys: KeyStore | None = None
+) -> Starlette:
     """The ASGI app serving ``plane``'s models: KServe V1 records and the V2 protocol."""
 
     async def live(request: Request) -> Response:
@@ -174,6 +181,47 @@ def create_app(plane: DataPlane, max_body_bytes: int = MAX_BODY_BYTES) -> Starle
         spec = plane.model(name).spec
         return JSON(await run_in_threadpool(monitor.report, spec, seconds))
 
+    # one update or rollback of a model at a time; each reads and writes its policy.yaml
+    changing: dict[str, threading.Lock] = {}
+
+    def _changing(name: str) -> threading.Lock:
+        return changing.setdefault(name, threading.Lock())
+
+    async def update(request: Request) -> Response:
+        name = request.path_params["name"]
+        monitor = _monitor(name)
+        raw = await read_body(request, max_body_bytes)
+        try:
+            body = orjson.loads(raw) if raw.strip() else {}
+        except orjson.JSONDecodeError as exc:
+            raise InputFormatError(f"the request body is not valid JSON: {exc}") from None
+        holdout = body.get("holdout", 0.2) if isinstance(body, dict) else None
+        if isinstance(holdout, bool) or not isinstance(holdout, int | float):
+            raise InputFormatError(
+                'the body must be empty or {"holdout": SHARE}, the share of the most recent '
+                f"labelled predictions held back to compare versions; got {body!r}"
+            )
+
+        def learn() -> online.Update:
+            with _changing(name):
+                result = online.update(plane.repository, monitor.store, name, float(holdout))
+                if result.promoted:
+                    plane.load(name)
+                return result
+
+        return JSON((await run_in_threadpool(learn)).to_dict())
+
+    async def rollback(request: Request) -> Response:
+        name = request.path_params["name"]
+
+        def back() -> dict[str, object]:
+            with _changing(name):
+                result = online.rollback(plane.repository, name)
+                state = plane.load(name)
+                return {**result.to_dict(), "ready": state.ready}
+
+        return JSON(await run_in_threadpool(back))
+
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(plane.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -209,11 +257,16 @@ def create_app(plane: DataPlane, max_body_bytes: int = MAX_BODY_BYTES) -> Starle
         Route("/v1/models/{name:model}:predict", predict, methods=["POST"]),
         Route("/v1/models/{name:model}/feedback", feedback, methods=["POST"]),
         Route("/v1/models/{name:model}/monitoring", monitoring),
+        Route("/v1/models/{name:model}/update", update, methods=["POST"]),
+        Route("/v1/models/{name:model}/rollback", rollback, methods=["POST"]),
         Route("/v1/models/{name:model}", model),
     ]
     return Starlette(
         routes=[*routes, *v2_routes(V2(plane), max_body_bytes)],
-        middleware=[Middleware(RequestMetrics, plane=plane)],
+        middleware=[
+            Middleware(RequestMetrics, plane=plane),
+            *([Middleware(Authorise, keys=keys)] if keys is not None else []),
+        ],
         exception_handlers={
             ForetellError: foretell_error,
             HTTPException: http_error,

@@ -11,6 +11,7 @@ import uvicorn
 
 from foretell.serving.dataplane import DataPlane
 from foretell.serving.http import create_app
+from foretell.serving.keys import KeyStore
 from foretell.serving.v2 import V2
 
 log = logging.getLogger("foretell.serving")
@@ -24,11 +25,12 @@ async def serve(
     log_level: str = "info",
     grace_seconds: float = 30.0,
     log_config: dict[str, Any] | None = None,
+    keys: KeyStore | None = None,
 ) -> None:
     """Serves until SIGTERM or SIGINT, then stops accepting and lets in-flight requests finish
     (at most ``grace_seconds``) on both transports before returning."""
     config = uvicorn.Config(
-        create_app(plane),
+        create_app(plane, keys=keys),
         host=host,
         port=port,
         log_level=log_level.lower(),
@@ -41,7 +43,7 @@ async def serve(
     if grpc_port is not None:
         from foretell.serving.grpc import create_grpc_server
 
-        grpc_server = create_grpc_server(V2(plane), host, grpc_port)
+        grpc_server = create_grpc_server(V2(plane), host, grpc_port, keys)
         await grpc_server.start()
         log.info("gRPC serving on %s:%d", host, grpc_port)
     # uvicorn re-raises the signal it caught once it has drained; a no-op handler lets the

@@ -1,0 +1,110 @@
+"""Authorisation of REST requests: which scope each route needs, checked before routing.
+
+The catalogue (``/v1/models``, ``/v2``) needs a predict scope for any model; ``/metrics``
+covers every model, so it needs ``monitor:*``.
+
+Health, the OpenAPI document and the docs page are open. Everything else needs
+``Authorization: Bearer <key>`` with the route's scope: 401 without a valid key, 403 with a
+valid key that lacks the scope.
+"""
+
+from __future__ import annotations
+
+import re
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from foretell.errors import ForbiddenError, UnauthorizedError
+from foretell.serving.keys import KeyStore
+
+MISSING_KEY = (
+    "a valid API key is required: send 'Authorization: Bearer <key>' "
+    "(create one with: foretell keys create --scope ...)"
+)
+
+
+def authorise(keys: KeyStore, header: str, needed: str) -> None:
+    """Raises UnauthorizedError or ForbiddenError unless ``header`` grants ``needed``."""
+    scheme, _, token = header.partition(" ")
+    key = keys.verify(token.strip()) if scheme.lower() == "bearer" else None
+    if key is None:
+        raise UnauthorizedError(MISSING_KEY)
+    if not key.allows(needed):
+        raise ForbiddenError(f"key '{key.id}' lacks the scope '{needed}'")
+
+
+_MODEL = r"(?P<model>[^/:]+)"
+#: (path pattern, scope kind); the scope is ``kind:<model>`` when the path names a model.
+RULES: list[tuple[re.Pattern[str], str | None]] = [
+    (re.compile(p), kind)
+    for p, kind in [
+        (r"^/v2/health/(live|ready)$", None),
+        (r"^/(docs(/.*)?|openapi\.json)$", None),
+        (r"^/metrics$", "monitor:*"),
+        (rf"^/v1/models/{_MODEL}:predict$", "predict"),
+        (rf"^/v1/models/{_MODEL}/feedback$", "feedback"),
+        (rf"^/v1/models/{_MODEL}/monitoring$", "monitor"),
+        (rf"^/v1/models/{_MODEL}/(update|rollback)$", "admin"),
+        (rf"^/v1/models/{_MODEL}$", "predict"),
+        (r"^/v1/models$", "predict:any"),
+        (r"^/v2$", "predict:any"),
+        (rf"^/v2/models/{_MODEL}(/versions/[^/]+)?(/ready|/infer)?$", "predict"),
+    ]
+]
+
+
+def auth_by_default(host: str) -> bool:
+    """Keys are required by default whenever the server listens beyond loopback."""
+    return not (host in ("localhost", "::1") or host.startswith("127."))
+
+
+def required_scope(path: str) -> str | None:
+    """The scope ``path`` needs: None for open routes, ``admin`` for anything unlisted."""
+    for pattern, kind in RULES:
+        match = pattern.match(path)
+        if match:
+            if kind is None or ":" in kind or kind == "admin":
+                return kind
+            return f"{kind}:{match['model']}"
+    return "admin"
+
+
+class Authorise:
+    """ASGI middleware: answers 401 or 403 with a JSON error before the route runs."""
+
+    def __init__(self, app: ASGIApp, keys: KeyStore) -> None:
+        self.app, self.keys = app, keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        needed = required_scope(scope["path"])
+        if needed is None:
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+        scheme, _, token = header.partition(" ")
+        key = self.keys.verify(token.strip()) if scheme.lower() == "bearer" else None
+        if key is None:
+            await _deny(
+                send,
+                401,
+                "a valid API key is required: send 'Authorization: Bearer "
+                "<key>' (create one with: foretell keys create --scope ...)",
+            )
+            return
+        if not key.allows(needed):
+            await _deny(send, 403, f"key '{key.id}' lacks the scope '{needed}'")
+            return
+        await self.app(scope, receive, send)
+
+
+async def _deny(send: Send, status: int, message: str) -> None:
+    body = orjson.dumps({"error": message})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b'Bearer realm="foretell"'))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

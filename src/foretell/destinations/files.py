@@ -75,7 +75,7 @@ def _replace(frame: pd.DataFrame, target: Path, fmt: str) -> None:
     """Writes ``frame`` to ``target`` through a temporary file and an atomic rename."""
     partial = target.with_name(f".{target.name}.partial")
     if fmt == "parquet":
-        pq.write_table(pa.Table.from_pandas(_plain(frame), preserve_index=False), partial)
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), partial)
     elif fmt == "csv":
         frame.assign(**_json_lists(frame)).to_csv(partial, index=False)
     else:
@@ -86,10 +86,6 @@ def _replace(frame: pd.DataFrame, target: Path, fmt: str) -> None:
 
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NAIVE_UTC
-
-
-def _plain(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.astype({c: "object" for c in frame.columns if frame[c].dtype == "str"})
 
 
 def _json_lists(frame: pd.DataFrame) -> dict[str, Any]:

@@ -8,7 +8,10 @@ chunks in flight when it stopped, and the idempotent destinations make redoing t
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -61,13 +64,22 @@ class JobStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # one connection for the store's life, shared by the job's threads under a lock
+        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._lock = threading.Lock()
         with self._connect() as db:
             db.executescript(_SCHEMA)
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
-        return db
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """The connection, in one transaction (committed at the end, rolled back on error)."""
+        with self._lock, self._db:
+            self._db.row_factory = None
+            yield self._db
+
+    def close(self) -> None:
+        self._db.close()
 
     def create(self, job: Job) -> Job:
         job.created_at = job.updated_at = time.time()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,7 +115,7 @@ class Model:
             started = _lap(timings, "postprocess", started)
             decisions = self.rules.decide(quantities, len(usable))
             _lap(timings, "decide", started)
-        ids = [str(uuid.uuid4()) for _ in range(len(batch))]
+        ids = new_ids(len(batch))
         scored = Batch(
             self,
             len(batch),
@@ -208,6 +208,19 @@ class Batch:
             for row, found in sorted(self.violations.items())
             if row not in scored
         }
+
+
+def new_ids(n: int) -> list[str]:
+    """``n`` random (version 4) UUIDs as text, made in bulk: a tenth of ``uuid.uuid4``'s cost."""
+    raw = np.frombuffer(os.urandom(16 * n), dtype=np.uint8).reshape(n, 16).copy()
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
+    h = raw.tobytes().hex()
+    return [
+        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-{h[i + 12 : i + 16]}-{h[i + 16 : i + 20]}-"
+        f"{h[i + 20 : i + 32]}"
+        for i in range(0, 32 * n, 32)
+    ]
 
 
 def _lap(timings: dict[str, float], stage: str, started: float) -> float:

@@ -194,7 +194,8 @@ class ParquetSource(Source):
         pending: list[pa.RecordBatch] = []
         size = 0
         for file in self.files:
-            for batch in pq.ParquetFile(file).iter_batches(batch_size=rows):
+            # pre_buffer off: with it, every row group read stays in memory until the file ends
+            for batch in pq.ParquetFile(file, pre_buffer=False).iter_batches(batch_size=rows):
                 pending.append(batch)
                 size += batch.num_rows
                 while size >= rows:

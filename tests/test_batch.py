@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer
@@ -354,3 +355,87 @@ def test_kill_9_then_resume_postgresql(examples_root: Path, tmp_path: Path) -> N
             db.execute(sqlalchemy.text(f'DROP TABLE IF EXISTS "{table}"'))
             db.execute(sqlalchemy.text(f'DROP TABLE IF EXISTS "{table}_errors"'))
         engine.dispose()
+
+
+def test_feedback_column_and_logged_predictions_feed_monitoring(
+    examples_root: Path, tmp_path: Path, cancer_rows: pd.DataFrame
+) -> None:
+    data = load_breast_cancer()
+    frame = cancer_rows.drop(index=7).iloc[:400].copy()
+    frame["diagnosis"] = [str(data.target_names[t]) for t in np.tile(data.target, 9)[:400]]
+    source = _write(frame, tmp_path / "labelled.parquet")
+    db = f"sqlite:///{tmp_path / 'monitoring.db'}"
+    result = runner.invoke(
+        app,
+        [
+            "batch",
+            "breast-cancer",
+            "-r",
+            str(examples_root),
+            "--source",
+            str(source),
+            "--destination",
+            str(tmp_path / "scored.parquet"),
+            "--key",
+            "id",
+            "--feedback-column",
+            "diagnosis",
+            "--log-predictions",
+            "--monitoring-db",
+            db,
+            "--store",
+            str(tmp_path / "jobs.db"),
+            "--job-id",
+            "labelled",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    stored = open_destination(str(tmp_path / "scored.parquet")).read("labelled")
+    assert list(stored.sort_values("row_key")["ground_truth"]) == list(
+        frame.sort_values("id")["diagnosis"]
+    )
+    feedback = stored[["prediction_id", "ground_truth"]]
+    feedback.to_csv(tmp_path / "truth.csv", index=False)
+    imported = runner.invoke(
+        app,
+        [
+            "feedback",
+            "import",
+            "breast-cancer",
+            str(tmp_path / "truth.csv"),
+            "-r",
+            str(examples_root),
+            "--monitoring-db",
+            db,
+        ],
+    )
+    assert imported.exit_code == 0, imported.output
+    report = runner.invoke(
+        app, ["monitor", "breast-cancer", "-r", str(examples_root), "--monitoring-db", db]
+    )
+    assert report.exit_code == 0, report.output
+    assert "400 predictions logged" in report.stdout and "400 with ground truth" in report.stdout
+
+
+def test_missing_feedback_column_is_refused(
+    examples_root: Path, tmp_path: Path, cancer_rows: pd.DataFrame
+) -> None:
+    source = _write(cancer_rows.iloc[:10], tmp_path / "rows.parquet")
+    result = runner.invoke(
+        app,
+        [
+            "batch",
+            "breast-cancer",
+            "-r",
+            str(examples_root),
+            "--source",
+            str(source),
+            "--destination",
+            str(tmp_path / "o.parquet"),
+            "--feedback-column",
+            "nope",
+            "--store",
+            str(tmp_path / "jobs.db"),
+        ],
+    )
+    assert result.exit_code == 2 and "no ground-truth column 'nope'" in result.stderr

@@ -151,6 +151,16 @@ def batch(
         DEFAULT_DATA / "foretell.db"
     ),
     version: Annotated[str | None, typer.Option(help="Version; default: the served one.")] = None,
+    feedback_column: Annotated[
+        str | None,
+        typer.Option(help="A source column of known outcomes, stored as ground_truth."),
+    ] = None,
+    log_predictions: Annotated[
+        bool, typer.Option(help="Also log every prediction in the monitoring store.")
+    ] = False,
+    monitoring_db: Annotated[
+        str, typer.Option(envvar="FORETELL_MONITORING_DB", help="The monitoring store.")
+    ] = "sqlite:///foretell-data/monitoring.db",
 ) -> None:
     """Score a whole table or file into a destination: chunked, exactly once, resumable.
 
@@ -175,24 +185,38 @@ def batch(
         raise typer.BadParameter(f"--engine must be local or dask; got {engine!r}")
     if resume is None and model is None:
         raise typer.BadParameter("give a MODEL to start a job, or --resume JOB")
-    job = run_batch(
-        Repository(repository),
-        JobStore(store),
-        model=model,
-        source=source,
-        destination=destination,
-        resume=resume,
-        version=version,
-        key=key,
-        chunk_rows=chunk_rows,
-        errors=errors,
-        job_id=job_id,
-        on_error=on_error,  # type: ignore[arg-type]
-        engine=engine,  # type: ignore[arg-type]
-        scheduler=scheduler,
-        workers=workers,
-        reporter=Bar(model or resume or "batch"),
-    )
+    predlog = None
+    if log_predictions:
+        if engine == "dask":
+            raise typer.BadParameter("--log-predictions works with the local engine only")
+        from foretell.monitoring.predlog import PredictionLog
+        from foretell.monitoring.store import MonitoringStore
+
+        predlog = PredictionLog(MonitoringStore(monitoring_db))
+    try:
+        job = run_batch(
+            Repository(repository),
+            JobStore(store),
+            model=model,
+            source=source,
+            destination=destination,
+            resume=resume,
+            version=version,
+            key=key,
+            chunk_rows=chunk_rows,
+            errors=errors,
+            job_id=job_id,
+            on_error=on_error,  # type: ignore[arg-type]
+            engine=engine,  # type: ignore[arg-type]
+            scheduler=scheduler,
+            workers=workers,
+            reporter=Bar(model or resume or "batch"),
+            truth=feedback_column,
+            prediction_log=predlog,
+        )
+    finally:
+        if predlog is not None:
+            predlog.close()
     err.print(
         f"job {job.job_id} {job.status}: {job.rows_in:,} rows, {job.rows_scored:,} scored, "
         f"{job.rows_rejected:,} rejected in {job.seconds:.1f} s -> {job.destination}",
@@ -217,7 +241,7 @@ def stream(
         str | None,
         typer.Option(help="Bad messages: a stream, topic or table; default: beside the source."),
     ] = None,
-    max_batch: Annotated[int, typer.Option(help="Most messages per micro-batch.", min=1)] = 500,
+    max_batch: Annotated[int, typer.Option(help="Most messages per micro-batch.", min=1)] = 2000,
     max_wait_ms: Annotated[
         int, typer.Option(help="Longest wait for a micro-batch's first message.", min=1)
     ] = 50,
@@ -748,6 +772,7 @@ def causal_estimate(
     """
     import json
     import os
+    import sys
     import warnings
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -772,7 +797,8 @@ def causal_estimate(
                 refutations=refute,
                 seed=seed,
             )
-    print_report(analysis, Console(width=120))
+    print_report(analysis, Console(width=120, soft_wrap=True))
+    sys.stdout.flush()  # the report before the file names on stderr
     if report is not None:
         write_html(analysis, report)
         err.print(f"report -> {report}", markup=False, highlight=False)
@@ -787,14 +813,10 @@ def causal_train(
     source: Annotated[str, typer.Option(help="Training data: a file or SQL URI.")],
     treatment: Annotated[str, typer.Option(help="Treatment column, 0/1.")],
     outcome: Annotated[str, typer.Option(help="Outcome column, a number.")],
-    features: Annotated[
-        str, typer.Option(help="Model inputs: A,B,C (include every confounder).")
-    ],
+    features: Annotated[str, typer.Option(help="Model inputs: A,B,C (include every confounder).")],
     name: Annotated[str, typer.Option(help="Model name in the repository.")],
     repository: Repo = DEFAULT_DATA / "models",
-    learner: Annotated[str, typer.Option(help="boosting or linear outcome models.")] = (
-        "boosting"
-    ),
+    learner: Annotated[str, typer.Option(help="boosting or linear outcome models.")] = ("boosting"),
     bags: Annotated[int, typer.Option(help="Bootstrap bags: more give steadier intervals.")] = 25,
     level: Annotated[float, typer.Option(help="Level of the effect's interval.")] = 0.9,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,

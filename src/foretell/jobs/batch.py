@@ -27,6 +27,7 @@ from foretell.destinations import open_destination
 from foretell.errors import ForetellError, UserError
 from foretell.jobs.progress import Reporter, Silent
 from foretell.jobs.store import Job, JobStore
+from foretell.monitoring.predlog import PredictionLog
 from foretell.pipeline import Model
 from foretell.repository import Repository
 from foretell.sources import Source, open_source
@@ -49,8 +50,13 @@ class Scored:
     errors: pd.DataFrame
 
 
-def score_chunk(model: Model, job_id: str, chunk: Chunk, key: str | None) -> Scored:
-    """Runs the pipeline on one chunk: its result rows and its rejected rows, keyed."""
+def score_chunk(
+    model: Model, job_id: str, chunk: Chunk, key: str | None, truth: str | None = None
+) -> Scored:
+    """Runs the pipeline on one chunk: its result rows and its rejected rows, keyed.
+
+    With ``truth`` (a column holding known outcomes), results carry it as ``ground_truth``.
+    """
     frame = chunk.frame
     keys = (
         frame[key].astype(str).to_numpy(dtype=object)
@@ -68,6 +74,7 @@ def score_chunk(model: Model, job_id: str, chunk: Chunk, key: str | None) -> Sco
             "model": model.name,
             "model_version": model.version,
             **table,
+            **({"ground_truth": frame[truth].to_numpy()[rows]} if truth else {}),
             "scored_at": datetime.now(UTC),
         }
     )
@@ -107,8 +114,9 @@ class BatchJob:
         on_error: Literal["store", "fail"] = "store",
         workers: int = 2,
         reporter: Reporter | None = None,
+        truth: str | None = None,
     ) -> None:
-        self.model, self.job, self.store = model, job, store
+        self.model, self.job, self.store, self.truth = model, job, store, truth
         self.on_error, self.workers = on_error, max(1, workers)
         self.reporter: Reporter = reporter or Silent()
         self.source = open_source(job.source, order_by=job.key)
@@ -119,6 +127,11 @@ class BatchJob:
         """Opens the source and both destinations; bad input fails here, before any write."""
         self.source.columns()
         self.source.check_key(self.job.key)
+        if self.truth is not None and self.truth not in self.source.columns():
+            raise UserError(
+                f"source '{self.job.source}' has no ground-truth column '{self.truth}'; its "
+                f"columns are {', '.join(self.source.columns())}"
+            )
         missing = [f for f in self.model.spec.feature_names if f not in self.source.columns()]
         if missing:
             raise UserError(
@@ -182,7 +195,14 @@ class BatchJob:
             with ThreadPoolExecutor(self.workers, thread_name_prefix="foretell-score") as pool:
                 while not stop.is_set() and (chunk := chunks.get()) is not None:
                     pending.append(
-                        pool.submit(score_chunk, self.model, self.job.job_id, chunk, self.job.key)
+                        pool.submit(
+                            score_chunk,
+                            self.model,
+                            self.job.job_id,
+                            chunk,
+                            self.job.key,
+                            self.truth,
+                        )
                     )
                     if len(pending) >= self.workers:
                         _put(scored, pending.popleft().result(), stop)
@@ -301,8 +321,14 @@ def run_batch(
     scheduler: str | None = None,
     workers: int = 2,
     reporter: Reporter | None = None,
+    truth: str | None = None,
+    prediction_log: PredictionLog | None = None,
 ) -> Job:
-    """Runs a new job (``model``, ``source`` and ``destination``) or resumes one (``resume``)."""
+    """Runs a new job (``model``, ``source`` and ``destination``) or resumes one (``resume``).
+
+    ``truth`` names a source column of known outcomes, stored beside each result as
+    ``ground_truth``; ``prediction_log`` also logs every prediction for monitoring.
+    """
     if resume is not None:
         loaded, job = resume_job(repository, store, resume)
     else:
@@ -320,8 +346,12 @@ def run_batch(
             job_id=job_id,
             engine=engine,
         )
-    runner = BatchJob(loaded, job, store, on_error=on_error, workers=workers, reporter=reporter)
+    runner = BatchJob(
+        loaded, job, store, on_error=on_error, workers=workers, reporter=reporter, truth=truth
+    )
     runner.check()
+    if prediction_log is not None:
+        loaded.observers.append(prediction_log.observe)
     if resume is None:
         store.create(job)
     if engine == "dask":

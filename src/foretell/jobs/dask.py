@@ -169,6 +169,7 @@ def _score_on(client: Client, runner: BatchJob, done: set[int]) -> None:
         "destination": job.destination,
         "errors": job.errors,
         "fail": runner.on_error == "fail",
+        "truth": runner.truth,
     }
     limit = IN_FLIGHT_PER_THREAD * max(1, sum(client.nthreads().values()))  # type: ignore[no-untyped-call]
     chunks: Iterator[Chunk] = (
@@ -262,11 +263,12 @@ def score_and_store(
     number: int,
     offset: int,
     frame: pd.DataFrame,
+    truth: str | None = None,
 ) -> Stored:
     """One task: scores chunk ``number`` and writes its results and its rejected rows."""
     started = time.perf_counter()
     scored = score_chunk(
-        worker_model(folder, spec), job_id, Chunk(number, offset, frame), key_column
+        worker_model(folder, spec), job_id, Chunk(number, offset, frame), key_column, truth
     )
     if fail and len(scored.errors):
         first = scored.errors.iloc[0]

@@ -22,7 +22,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 @pytest.fixture(scope="session")
 def examples_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The six example models, built once per test session. Treat it as read-only."""
+    """The example models, built once per test session. Treat it as read-only."""
     root = tmp_path_factory.mktemp("examples")
     build_examples(root)
     return root

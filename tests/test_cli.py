@@ -21,7 +21,7 @@ def _rows(tmp_path: Path) -> pd.DataFrame:
     return load_diabetes(as_frame=True, scaled=False).data.iloc[:25]
 
 
-def test_examples_build_then_models_lists_the_six(tmp_path: Path) -> None:
+def test_examples_build_then_models_lists_them(tmp_path: Path) -> None:
     result = runner.invoke(app, ["examples", "build", str(tmp_path / "x")])
     assert result.exit_code == 0, result.output
     listing = runner.invoke(app, ["models", "--repository", str(tmp_path / "x")])
@@ -33,6 +33,7 @@ def test_examples_build_then_models_lists_the_six(tmp_path: Path) -> None:
         "card-fraud",
         "item-recommender",
         "sentiment",
+        "loan-approval",
     ):
         assert name in listing.output
     assert "classification" in listing.output and "onnx" in listing.output
@@ -128,7 +129,7 @@ def test_user_errors_are_one_line_and_exit_non_zero(
 
 def test_validate_repository(examples_copy: Path) -> None:
     ok = runner.invoke(app, ["validate-repository", str(examples_copy)])
-    assert ok.exit_code == 0 and "ok: 6 models, 7 versions" in ok.stderr
+    assert ok.exit_code == 0 and "ok: 7 models, 8 versions" in ok.stderr
     spec = examples_copy / "iris-segments" / "1" / "model.yaml"
     spec.write_text(spec.read_text().replace("task: clustering", "task: segmentation"))
     broken = runner.invoke(app, ["validate-repository", str(examples_copy)])

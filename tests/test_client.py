@@ -22,6 +22,7 @@ from foretell import (
     ValidationError,
 )
 from foretell.client import AsyncClient, Client, ModelInfo, PredictionResult
+from foretell.examples.build import loan_applications
 from foretell.examples.datasets import card_transactions
 from tests.conftest import Server, free_port
 
@@ -32,6 +33,7 @@ TASKS = {
     "iris-segments": "clustering",
     "item-recommender": "recommendation",
     "sentiment": "text_classification",
+    "loan-approval": "classification",
 }
 
 
@@ -51,6 +53,7 @@ def _frames() -> dict[str, pd.DataFrame]:
         "sentiment": pd.DataFrame(
             {"text": ["great, love it", "broken and awful", "fine I guess", "a waste of money"]}
         ),
+        "loan-approval": loan_applications(rows=25).drop(columns="outcome"),
     }
 
 

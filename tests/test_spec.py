@@ -114,6 +114,7 @@ def test_discovery_lists_every_model_and_version(repository: Repository) -> None
         "diabetes",
         "iris-segments",
         "item-recommender",
+        "loan-approval",
         "sentiment",
     ]
     assert repository.versions("breast-cancer") == ["1", "2"]

@@ -11,12 +11,15 @@ import numpy as np
 import pandas as pd
 
 from foretell.examples import datasets
+from foretell.monitoring.prediction_drift import output_reference
+from foretell.pipeline.model import Model
 from foretell.pipeline.preprocess import encode
 from foretell.repository.reference import compute_reference
 from foretell.repository.spec import (
     Decision,
     Feature,
     ModelSpec,
+    Monitoring,
     Postprocess,
     PreprocessStep,
     Rule,
@@ -89,6 +92,13 @@ def _write(
         },
     )
     write_spec(spec, folder)
+    # the baseline of prediction drift: the written model's own results on its training data
+    results = Model.from_folder(folder, spec).predict(train)
+    outputs = output_reference(spec, [r.outputs for r in results])
+    if outputs is not None:
+        assert spec.reference is not None
+        spec = _with(spec, {"reference": {**spec.reference.model_dump(), "outputs": outputs}})
+        write_spec(spec, folder)
     return spec
 
 
@@ -329,6 +339,104 @@ def sentiment(root: Path) -> list[ModelSpec]:
     return [_write(root, spec, corpus[["text"]], lambda p: _save_skops(model, p))]
 
 
+REGIONS = ["north", "south", "east", "west"]
+AGE_BANDS = ["18-25", "26-40", "41-60", "61+"]
+
+
+def loan_applications(
+    rows: int = 4000, seed: int = 5, income_factor: float = 1.0, risk_shift: float = 0.0
+) -> pd.DataFrame:
+    """Generated loan applications and whether each loan was ``repaid`` or went into
+    ``default`` (``outcome``). ``income_factor`` scales incomes (a shift of the applicants);
+    ``risk_shift`` lowers every applicant's log-odds of repaying (a downturn: the same
+    applicant is riskier than the model learned)."""
+    rng = np.random.default_rng(seed)
+    region = rng.choice(REGIONS, size=rows, p=[0.3, 0.25, 0.25, 0.2])
+    age = rng.choice(AGE_BANDS, size=rows, p=[0.15, 0.4, 0.3, 0.15])
+    age_index = np.searchsorted(AGE_BANDS, age)
+    region_pay = np.select([region == "north", region == "south"], [0.15, -0.15], 0.0)
+    income = np.round(
+        rng.lognormal(np.log(38) + region_pay + 0.12 * np.minimum(age_index, 2), 0.45, rows)
+        * income_factor,
+        1,
+    )
+    loan = np.round(rng.lognormal(np.log(14), 0.6, rows), 1)
+    credit = np.clip(np.round(rng.normal(630 + 25 * age_index, 70, rows)), 300, 850).astype(int)
+    debt_to_income = np.round(rng.beta(2, 5, rows), 3)
+    years = np.minimum(rng.poisson(1 + 5 * age_index, rows), 50)
+    logit = (
+        1.2
+        + 1.5 * np.log(income / 38)
+        - 1.3 * np.log(loan / 14)
+        + 0.012 * (credit - 650)
+        - 5.0 * (debt_to_income - 0.28)
+        + 0.04 * years
+        - risk_shift
+    )
+    repaid = rng.random(rows) < 1 / (1 + np.exp(-logit))
+    return pd.DataFrame(
+        {
+            "income": income,
+            "loan_amount": loan,
+            "credit_score": credit,
+            "debt_to_income": debt_to_income,
+            "years_employed": years,
+            "region": region,
+            "age_band": age,
+            "outcome": np.where(repaid, "repaid", "default"),
+        }
+    )
+
+
+def loan_approval(root: Path) -> list[ModelSpec]:
+    """Logistic regression by stochastic gradient descent on generated loan applications; it
+    learns online from ground truth (``foretell update``), and fairness is watched by age band
+    and region."""
+    from sklearn.linear_model import SGDClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    frame = loan_applications()
+    features = frame.drop(columns=["outcome"])
+    spec = ModelSpec(
+        name="loan-approval",
+        version="1",
+        task="classification",
+        format="sklearn",
+        artifact="model.skops",
+        description="Will a loan be repaid? Approve, review or decline an application "
+        "(generated data). Learns online from ground truth.",
+        inputs=[
+            Feature(name="income", min=0, max=10_000, description="yearly income, thousands €"),
+            Feature(name="loan_amount", min=0, max=1_000, description="thousands of euros"),
+            Feature(name="credit_score", dtype="int", min=300, max=850),
+            Feature(name="debt_to_income", min=0, max=5, description="monthly debt / income"),
+            Feature(name="years_employed", dtype="int", min=0, max=60),
+            Feature(name="region", dtype="category", categories=REGIONS),
+            Feature(name="age_band", dtype="category", categories=AGE_BANDS),
+        ],
+        labels=["default", "repaid"],
+        preprocessing=[PreprocessStep(step="log1p", features=["income", "loan_amount"])],
+        decision=Decision(
+            rules=[
+                Rule(when="probability[repaid] >= 0.8", action="approve"),
+                Rule(when="probability[repaid] >= 0.5", action="review"),
+            ],
+            default="decline",
+        ),
+        monitoring=Monitoring(sensitive=["age_band", "region"]),
+    )
+    # online updates (partial_fit) train the last step; the scaler stays as fitted here
+    model = make_pipeline(
+        StandardScaler(),
+        SGDClassifier(
+            loss="log_loss", alpha=1e-4, learning_rate="constant", eta0=0.01, random_state=SEED
+        ),
+    )
+    model.fit(encode(spec, features), (frame["outcome"] == "repaid").to_numpy(int))
+    return [_write(root, spec, features, lambda p: _save_skops(model, p))]
+
+
 EXAMPLES: dict[str, Callable[[Path], list[ModelSpec]]] = {
     "breast-cancer": breast_cancer,
     "diabetes": diabetes,
@@ -336,6 +444,7 @@ EXAMPLES: dict[str, Callable[[Path], list[ModelSpec]]] = {
     "card-fraud": card_fraud,
     "item-recommender": item_recommender,
     "sentiment": sentiment,
+    "loan-approval": loan_approval,
 }
 
 

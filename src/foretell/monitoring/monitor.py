@@ -1,4 +1,4 @@
-"""The monitor: prediction log, feedback, live quality, drift and alerts for a server.
+"""The monitor: prediction log, feedback, live quality, drift, fairness and alerts.
 
 Reports are computed on request (``GET /v1/models/{name}/monitoring``, ``foretell monitor``)
 and every ``interval`` seconds in the background, which refreshes the drift and quality gauges
@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from foretell.errors import UserError
 from foretell.monitoring.drift import drift
+from foretell.monitoring.fairness import fairness
+from foretell.monitoring.prediction_drift import prediction_drift
 from foretell.monitoring.predlog import PredictionLog
 from foretell.monitoring.quality import quality
 from foretell.monitoring.store import MonitoringStore
@@ -91,6 +93,12 @@ class Monitor:
             ["model", "version", "metric"],
             registry=registry,
         )
+        self.fairness = Gauge(
+            "foretell_fairness",
+            "Difference between groups of a sensitive input (0 is parity).",
+            ["model", "version", "attribute", "metric"],
+            registry=registry,
+        )
         self.alerts = Gauge(
             "foretell_alert",
             "1 while an alert holds.",
@@ -116,7 +124,8 @@ class Monitor:
         return stored
 
     def report(self, spec: ModelSpec, window_seconds: float | None = None) -> dict[str, Any]:
-        """Quality, drift and alerts of ``spec``'s model over the last ``window_seconds``."""
+        """Quality, input and prediction drift, fairness and alerts of ``spec``'s model over the
+        last ``window_seconds``."""
         window = window_seconds or self.window
         since = time.time() - window
         logged = self.store.predictions_of(spec.name, since)
@@ -125,12 +134,15 @@ class Monitor:
             if len(logged)
             else pd.DataFrame()
         )
+        outputs = [orjson.loads(r) for r in logged["outputs"]] if len(logged) else []
+        labelled = self.store.labelled(spec.name, since)
         result = {
             "model": spec.name,
             "window_seconds": window,
             "predictions": len(logged),
-            "quality": quality(spec, self.store.labelled(spec.name, since)),
-            "drift": drift(spec, inputs),
+            "quality": quality(spec, labelled),
+            "drift": {**drift(spec, inputs), "predictions": prediction_drift(spec, outputs)},
+            "fairness": fairness(spec, labelled),
         }
         result["alerts"] = self._alerts(spec, result)
         self._gauges(spec, result)
@@ -146,6 +158,28 @@ class Monitor:
             }
             for name in report["drift"]["drifted"]
         ]
+        outputs = report["drift"]["predictions"]["outputs"]
+        alerts.extend(
+            {
+                "kind": "prediction_drift",
+                "subject": name,
+                "message": f"predicted '{name}' drifted (psi {outputs[name].get('psi', 0):.3f})",
+            }
+            for name in report["drift"]["predictions"]["drifted"]
+        )
+        for version, found in report["fairness"]["versions"].items():
+            for attribute, result in found["attributes"].items():
+                for metric, ceiling in spec.monitoring.max.items():
+                    value = result.get(metric)
+                    if isinstance(value, float) and value > ceiling:
+                        alerts.append(
+                            {
+                                "kind": "fairness",
+                                "subject": f"{version}:{attribute}:{metric}",
+                                "message": f"version {version} {metric} over '{attribute}' "
+                                f"{value:.4g} is above {ceiling}",
+                            }
+                        )
         for version, scores in report["quality"]["versions"].items():
             for metric, floor in spec.monitoring.min.items():
                 value = scores.get(metric)
@@ -180,6 +214,10 @@ class Monitor:
             for metric, value in scores.items():
                 if isinstance(value, int | float) and metric != "rows":
                     self.quality.labels(spec.name, version, metric).set(value)
+        for version, found in report["fairness"]["versions"].items():
+            for attribute, result in found["attributes"].items():
+                for metric in ("demographic_parity_difference", "equalized_odds_difference"):
+                    self.fairness.labels(spec.name, version, attribute, metric).set(result[metric])
         for alert in report["alerts"]:
             self.alerts.labels(spec.name, alert["kind"], alert["subject"]).set(1)
 

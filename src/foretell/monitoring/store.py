@@ -109,20 +109,22 @@ class MonitoringStore:
         return frame.iloc[::-1].reset_index(drop=True) if len(frame) else frame
 
     def labelled(self, model: str, since: float = 0.0) -> pd.DataFrame:
-        """Predictions of ``model`` that have ground truth: outputs, truth, version, delay."""
+        """Predictions of ``model`` that have ground truth, oldest first: inputs, outputs,
+        truth, version and delay (inputs, outputs and truth as JSON text)."""
         p, f = self.predictions, self.feedback
         query = (
             sa.select(
                 p.c.prediction_id,
                 p.c.version,
                 p.c.ts,
+                p.c.inputs,
                 p.c.outputs,
                 f.c.ground_truth,
                 f.c.received_at,
             )
             .join(f, f.c.prediction_id == p.c.prediction_id)
             .where(p.c.model == model, p.c.ts >= since)
-            .order_by(p.c.ts)
+            .order_by(p.c.ts, p.c.prediction_id)  # rows of one batch share a time
         )
         with self.engine.connect() as db:
             return pd.DataFrame(db.execute(query).mappings().all())

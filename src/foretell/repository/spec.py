@@ -18,8 +18,9 @@ Task = Literal[
     "anomaly_detection",
     "recommendation",
     "text_classification",
+    "uplift",
 ]
-Format = Literal["onnx", "sklearn", "xgboost", "lightgbm", "python", "torchscript"]
+Format = Literal["onnx", "sklearn", "xgboost", "lightgbm", "python", "torchscript", "uplift"]
 DType = Literal["float", "int", "bool", "category", "text", "list"]
 
 SPEC_FILE = "model.yaml"
@@ -129,15 +130,18 @@ class Decision(_Strict):
 
 
 class Monitoring(_Strict):
-    """When live data counts as drifted, and how many rows a verdict needs."""
+    """When live data counts as drifted, how many rows a verdict needs, and whom to compare."""
 
     psi: float = Field(default=0.2, gt=0)
     p_value: float = Field(default=0.001, gt=0, lt=1)
     min_rows: int = Field(default=100, gt=0)
     #: Alert when a quality metric falls below this floor (e.g. ``accuracy: 0.9``).
     min: dict[str, float] = Field(default_factory=dict)
-    #: Alert when an error metric rises above this ceiling (e.g. ``mae: 12``).
+    #: Alert when an error metric rises above this ceiling (e.g. ``mae: 12``), or a fairness
+    #: difference above it (e.g. ``demographic_parity_difference: 0.1``).
     max: dict[str, float] = Field(default_factory=dict)
+    #: Inputs whose groups fairness metrics compare (e.g. ``[age_band, region]``).
+    sensitive: list[str] = Field(default_factory=list)
 
 
 class FeatureReference(_Strict):
@@ -153,10 +157,13 @@ class FeatureReference(_Strict):
 
 
 class Reference(_Strict):
-    """Reference statistics of the training data."""
+    """Reference statistics of the training data, and of the model's outputs on it."""
 
     rows: int
     features: dict[str, FeatureReference]
+    #: The model's own predictions on its training data (label, value or score), the
+    #: baseline for prediction drift.
+    outputs: dict[str, FeatureReference] | None = None
 
 
 class ModelSpec(_Strict):
@@ -208,9 +215,38 @@ class ModelSpec(_Strict):
                 "an 'anomaly_detection' model needs 'postprocessing.anomaly_threshold': the "
                 "score at or above which a row is an anomaly"
             )
+        if self.task == "uplift" and self.runtime.get("treatment") in names:
+            raise ValueError(
+                f"an 'uplift' model predicts the outcome under treatment and under control, so "
+                f"its treatment '{self.runtime['treatment']}' must not be one of its inputs"
+            )
         for step in self.preprocessing:
             self._check_step(step)
+        self._check_sensitive()
         return self
+
+    def _check_sensitive(self) -> None:
+        named = self.monitoring.sensitive
+        if not named:
+            return
+        if self.task != "classification":
+            raise ValueError(
+                f"'monitoring.sensitive' applies to classification models; this one is "
+                f"'{self.task}'"
+            )
+        dtypes = {f.name: f.dtype for f in self.inputs}
+        unknown = [n for n in named if n not in dtypes]
+        if unknown:
+            raise ValueError(
+                f"'monitoring.sensitive' must name inputs of the model; {unknown} are not "
+                f"among {list(dtypes)}"
+            )
+        wrong = [n for n in named if dtypes[n] not in ("category", "bool", "int")]
+        if wrong:
+            raise ValueError(
+                f"'monitoring.sensitive' inputs must be category, bool or int features (groups); "
+                f"{wrong} are not"
+            )
 
     def _check_step(self, step: PreprocessStep) -> None:
         dtypes = {f.name: f.dtype for f in self.inputs}

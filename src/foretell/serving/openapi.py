@@ -79,6 +79,39 @@ def openapi(plane: DataPlane) -> dict[str, Any]:
         "/v1/models/{name}": {
             "get": _op("A model's spec summary", anything, 404, parameters=[name])
         },
+        "/v1/models/{name}/feedback": {
+            "post": _op(
+                "Ground truth for logged predictions", anything, 400, 404, parameters=[name]
+            )
+        },
+        "/v1/models/{name}/monitoring": {
+            "get": _op(
+                "Live quality, drift, fairness and alerts",
+                anything,
+                400,
+                404,
+                parameters=[
+                    name,
+                    {
+                        "name": "window",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "number"},
+                    },
+                ],
+            )
+        },
+        "/v1/models/{name}/update": {
+            "post": _op(
+                "Learn from feedback into a new version", anything, 400, 404, parameters=[name]
+            )
+        },
+        "/v1/models/{name}/rollback": {
+            "post": _op("Serve the previous version again", anything, 400, 404, parameters=[name])
+        },
+        "/metrics": {
+            "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "OK"}}}
+        },
         "/v2": {"get": _op("Server metadata", anything)},
         "/v2/repository/index": {"post": _op("Every model with its state", anything)},
         "/v2/repository/models/{name}/load": {

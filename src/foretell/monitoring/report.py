@@ -42,6 +42,30 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             "[red]yes[/red]" if r["drifted"] else "no",
         )
     console.print(drift)
+    predicted = report["drift"].get("predictions", {}).get("outputs", {})
+    if predicted:
+        outputs = Table(title="prediction drift")
+        for column in ("output", "psi", "p-value", "drifted"):
+            outputs.add_column(column)
+        for name, r in predicted.items():
+            outputs.add_row(
+                name,
+                _fmt(r.get("psi")),
+                _fmt(r.get("p_value")),
+                "[red]yes[/red]" if r["drifted"] else "no",
+            )
+        console.print(outputs)
+    for version, by_version in report.get("fairness", {}).get("versions", {}).items():
+        fair = Table(title=f"fairness, version {version}")
+        for column in ("attribute", "demographic parity diff.", "equalized odds diff."):
+            fair.add_column(column)
+        for name, r in by_version["attributes"].items():
+            fair.add_row(
+                name,
+                _fmt(r.get("demographic_parity_difference")),
+                _fmt(r.get("equalized_odds_difference")),
+            )
+        console.print(fair)
     for alert in report["alerts"]:
         console.print(f"[red]alert[/red] {alert['message']}", highlight=False)
 
@@ -114,6 +138,22 @@ def html_report(report: dict[str, Any], psi_threshold: float) -> str:
         for v, scores in report["quality"]["versions"].items()
     )
     alerts = "".join(f"<li>{esc(a['message'])}</li>" for a in report["alerts"]) or "<li>none</li>"
+    predicted = "".join(
+        f"<tr><td>{esc(n)}</td><td>{_fmt(r.get('psi'))}</td><td>{_fmt(r.get('p_value'))}</td>"
+        f"<td>{'yes' if r['drifted'] else 'no'}</td></tr>"
+        for n, r in report["drift"].get("predictions", {}).get("outputs", {}).items()
+    )
+    fairness = "".join(
+        f"<h3>version {esc(v)}</h3><table><tr><th>attribute</th><th>demographic parity "
+        "difference</th><th>equalized odds difference</th></tr>"
+        + "".join(
+            f"<tr><td>{esc(n)}</td><td>{_fmt(r.get('demographic_parity_difference'))}</td>"
+            f"<td>{_fmt(r.get('equalized_odds_difference'))}</td></tr>"
+            for n, r in by_version["attributes"].items()
+        )
+        + "</table>"
+        for v, by_version in report.get("fairness", {}).get("versions", {}).items()
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">

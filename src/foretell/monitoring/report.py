@@ -169,5 +169,8 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.25rem .5r
 <h2>Drift</h2>{_bars(psi, psi_threshold) if psi else ""}
 <table><tr><th>feature</th><th>PSI</th><th>p-value</th><th>missing</th><th>out of range</th>
 <th>drifted</th></tr>{rows}</table>
+<h2>Prediction drift</h2><table><tr><th>output</th><th>PSI</th><th>p-value</th><th>drifted</th>
+</tr>{predicted}</table>
+<h2>Fairness</h2>{fairness or "<p>No sensitive attribute is named in the spec.</p>"}
 </body></html>
 """

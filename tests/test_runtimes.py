@@ -304,6 +304,27 @@ def build_torchscript_probabilities(folder: Path) -> Built:
     return Built(spec, test, _torch_expected(net, test, softmax=False), NATIVE_ATOL)
 
 
+def build_uplift_effect(folder: Path) -> Built:
+    """Bags of paired ridge regressions (treated, control); ``task: regression`` serves the
+    mean difference, the individual effect, as the value."""
+    x, y = training_data("regression")
+    treated = np.arange(len(x)) % 2 == 1
+    y = y + treated * (1.0 + x[:, 0])
+    rng = np.random.default_rng(3)
+    bags: dict[str, list[Any]] = {"treated": [], "control": []}
+    arms = {"treated": np.flatnonzero(treated), "control": np.flatnonzero(~treated)}
+    for _ in range(3):
+        for arm, rows in arms.items():
+            drawn = rng.choice(rows, size=len(rows))
+            bags[arm].append(Ridge(alpha=0.5).fit(x[drawn], y[drawn]))
+    sio.dump(bags, folder / "model.skops")
+    test = scoring_rows()
+    pairs = zip(bags["treated"], bags["control"], strict=True)
+    effect = np.mean([t.predict(test) - c.predict(test) for t, c in pairs], axis=0)
+    spec = make_spec("uplift", "model.skops", task="regression")
+    return Built(spec, test, effect, NATIVE_ATOL)
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -339,6 +360,7 @@ CASES: dict[str, list[Case]] = {
         Case("logits", build_torchscript_logits, _TORCH_MARKS),
         Case("probabilities", build_torchscript_probabilities, _TORCH_MARKS),
     ],
+    "uplift": [Case("effect-as-regression", build_uplift_effect)],
 }
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from foretell.errors import ForetellError
 from foretell.pipeline.preprocess import encoded_names
 from foretell.repository.spec import ModelSpec
+from foretell.runtimes.base import UPLIFT_OUTPUTS
 
 #: Output name -> array over the scored rows (first axis), columnar.
 Columns = dict[str, np.ndarray]
@@ -45,6 +46,7 @@ class Postprocessor:
             "regression": {"value": "number"},
             "anomaly_detection": {"score": "number", "is_anomaly": "bool"},
             "recommendation": {"top_score": "number"},
+            "uplift": dict.fromkeys(UPLIFT_OUTPUTS, "number"),
         }[self.task]
 
     def apply(self, raw: dict[str, np.ndarray], x: np.ndarray) -> tuple[Columns, Quantities]:
@@ -56,6 +58,7 @@ class Postprocessor:
             "clustering": self._clusters,
             "anomaly_detection": self._anomaly,
             "recommendation": self._recommend,
+            "uplift": self._uplift,
         }[self.task]
         return handler(raw, x)
 
@@ -147,6 +150,10 @@ class Postprocessor:
         score = self._require(raw, "score")
         flag = score >= (self.spec.postprocessing.anomaly_threshold or 0.0)
         columns: Columns = {"score": score, "is_anomaly": flag}
+        return columns, dict(columns)
+
+    def _uplift(self, raw: dict[str, np.ndarray], x: np.ndarray) -> tuple[Columns, Quantities]:
+        columns = {k: self._require(raw, k).astype(np.float64, copy=False) for k in UPLIFT_OUTPUTS}
         return columns, dict(columns)
 
     def _recommend(self, raw: dict[str, np.ndarray], x: np.ndarray) -> tuple[Columns, Quantities]:

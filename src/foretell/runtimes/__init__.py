@@ -16,6 +16,7 @@ RUNTIMES: dict[str, str] = {
     "lightgbm": "foretell.runtimes.lightgbm:LightGBMRuntime",
     "python": "foretell.runtimes.python:PythonRuntime",
     "torchscript": "foretell.runtimes.torchscript:TorchScriptRuntime",
+    "uplift": "foretell.runtimes.uplift:UpliftRuntime",
 }
 
 

@@ -20,7 +20,11 @@ RAW_OUTPUTS: dict[str, str] = {
     "clustering": "cluster: (rows,) int, and distances: (rows, clusters) float when known",
     "anomaly_detection": "score: (rows,) float, higher is more anomalous",
     "recommendation": "scores: (rows, items) float",
+    "uplift": "outcome_treated, outcome_control, effect, effect_low, effect_high: (rows,) float "
+    "each (a dict, or the five as columns of a (rows, 5) array)",
 }
+#: An uplift model's raw outputs, in the column order of a (rows, 5) array.
+UPLIFT_OUTPUTS = ("outcome_treated", "outcome_control", "effect", "effect_low", "effect_high")
 
 
 def file_sha256(path: Path) -> str:
@@ -120,4 +124,7 @@ def canonical(task: str, raw: np.ndarray | dict[str, np.ndarray]) -> dict[str, n
         if out.ndim == 2:
             return {"cluster": out.argmin(axis=1), "distances": out.astype(np.float64)}
         return {"cluster": out.astype(np.int64)}
+    if task == "uplift":
+        columns = out.reshape(len(out), -1).astype(np.float64, copy=False)
+        return {name: columns[:, j] for j, name in enumerate(UPLIFT_OUTPUTS[: columns.shape[1]])}
     return {"scores": out.astype(np.float64, copy=False)}

@@ -17,6 +17,7 @@ import foretell
 from foretell.errors import InputFormatError, NotFoundError
 from foretell.pipeline import Prediction
 from foretell.repository.spec import Feature, ModelSpec
+from foretell.runtimes.base import UPLIFT_OUTPUTS
 from foretell.serving.dataplane import DataPlane
 from foretell.serving.tensors import Tensor
 
@@ -105,6 +106,7 @@ def output_metadata(spec: ModelSpec) -> list[dict[str, Any]]:
             ("items", "BYTES", [-1, spec.postprocessing.top_k or 5]),
             ("scores", "FP64", [-1, spec.postprocessing.top_k or 5]),
         ],
+        "uplift": [(name, "FP64", [-1]) for name in UPLIFT_OUTPUTS],
     }
     per_task["text_classification"] = per_task["classification"]
     outputs = [*per_task[spec.task], ("decision", "BYTES", [-1]), ("prediction_id", "BYTES", [-1])]

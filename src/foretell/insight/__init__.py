@@ -1,0 +1,1 @@
+"""Insight beside the predictions: causal effects of interventions (``insight.causal``)."""

@@ -232,4 +232,4 @@ def test_feedback_import_and_monitor_report(examples_root: Path, tmp_path: Path)
     assert "120 with ground truth" in report.stdout and "accuracy" in report.stdout
     page = (tmp_path / "r.html").read_text()
     assert "<svg" in page and "Monitoring of breast-cancer" in page
-    assert "src=\"http" not in page and "href=\"http" not in page
+    assert 'src="http' not in page and 'href="http' not in page

@@ -2,7 +2,9 @@
 
 URI: ``-`` (standard input), ``events.jsonl`` or ``events.jsonl?follow=true``. For a file, the
 offset after the last acknowledged line is kept in ``<file>.foretell-offset``, so a restarted
-consumer goes on where the last one stopped.
+consumer goes on where the last one stopped (one offset per file: two jobs reading the same
+file need two copies of it). Lines are only appended: a file that is truncated or replaced
+is not noticed. Without ``follow`` the job ends at the end of the input.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from foretell.sources.stream import Message, StreamSource
 
 
 class LinesSource(StreamSource):
-    """One message per non-empty line; its id is the line's byte offset in the file."""
+    """One message per non-empty line; its id is the line's byte offset in the file (or in
+    standard input since the start)."""
 
     def __init__(self, uri: str) -> None:
         super().__init__(uri)
@@ -28,6 +31,8 @@ class LinesSource(StreamSource):
         self.follow = parse_qs(query).get("follow", ["false"])[-1] == "true"
         self.path = None if path == "-" else Path(path)
         self.handle: IO[bytes]
+        self.pending = b""  # standard input read but not yet split into lines
+        self.eof = False
         if self.path is None:
             self.handle, self.offset = sys.stdin.buffer, 0
             self.checkpoint = None
@@ -43,26 +48,48 @@ class LinesSource(StreamSource):
     def read(self, count: int, timeout: float) -> list[Message]:
         messages: list[Message] = []
         deadline = time.monotonic() + timeout
-        while len(messages) < count and time.monotonic() < deadline:
-            if self.path is None and not select.select([self.handle], [], [], 0.05)[0]:
-                continue
+        while len(messages) < count:
             start = self.offset
-            line = self.handle.readline()
+            line = self._stdin_line(deadline) if self.path is None else self.handle.readline()
             if not line or not line.endswith(b"\n"):
-                if line and not self.follow:  # a last line without a newline
+                # The end: of standard input once closed, of a file unless it is followed.
+                final = self.eof if self.path is None else not self.follow
+                if line and final:  # a last line without a newline
                     self.offset += len(line)
                     messages.append(Message(str(start), line.strip(), time.time(), self.offset))
-                elif line:
+                elif line and self.path is not None:
                     self.handle.seek(start)  # half a line: wait for the rest
-                self.ended = not self.follow
-                if self.ended:
+                self.ended = final
+                remaining = deadline - time.monotonic()
+                if self.ended or messages or remaining <= 0:
                     break
-                time.sleep(0.05)
+                if self.path is not None:
+                    time.sleep(min(0.05, remaining))  # follow: wait for the file to grow
                 continue
             self.offset += len(line)
             if line.strip():
                 messages.append(Message(str(start), line.strip(), time.time(), self.offset))
         return messages
+
+    def _stdin_line(self, deadline: float) -> bytes:
+        """The next whole line of standard input; at its end or when none arrives before
+        ``deadline``, what is left (possibly b""). Reads the descriptor directly: a buffered
+        reader can hold lines that ``select`` does not see."""
+        while b"\n" not in self.pending and not self.eof:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self.handle], [], [], remaining)[0]:
+                break
+            chunk = os.read(self.handle.fileno(), 1 << 16)
+            self.eof = not chunk
+            self.pending += chunk
+        line, newline, rest = self.pending.partition(b"\n")
+        if newline:
+            self.pending = rest
+            return line + newline
+        if self.eof:
+            self.pending = b""
+            return line
+        return b""
 
     def ack(self, messages: list[Message]) -> None:
         if self.checkpoint is not None and messages:

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -262,7 +263,7 @@ def test_progress_prints_plain_lines_when_not_a_terminal(
 def _chunks_done(store: Path, job_id: str) -> int:
     if not store.exists():
         return 0
-    with sqlite3.connect(store) as db:
+    with closing(sqlite3.connect(store)) as db:
         try:
             row = db.execute("SELECT COUNT(*) FROM job_chunks WHERE job_id = ?", (job_id,))
             return int(row.fetchone()[0])
@@ -439,3 +440,29 @@ def test_missing_feedback_column_is_refused(
         ],
     )
     assert result.exit_code == 2 and "no ground-truth column 'nope'" in result.stderr
+
+
+def test_a_chunk_of_only_invalid_rows_goes_to_errors(
+    repository: Repository, tmp_path: Path, cancer_rows: pd.DataFrame
+) -> None:
+    bad = cancer_rows.iloc[:30].copy()
+    bad["mean radius"] = -5.0
+    mixed = pd.concat([bad, cancer_rows.iloc[100:130]], ignore_index=True)
+    job = run_batch(
+        repository,
+        JobStore(tmp_path / "j.db"),
+        model="breast-cancer",
+        source=str(_write(mixed, tmp_path / "m.jsonl")),
+        destination=str(tmp_path / "o.parquet"),
+        key="id",
+        chunk_rows=30,
+    )
+    assert (job.rows_scored, job.rows_rejected) == (30, 30)
+    errors = open_destination(job.errors).read(job.job_id)
+    assert len(errors) == 30 and "must be a number" in errors["error"][0]
+
+
+def test_rejected_rows_with_huge_integers_are_still_json() -> None:
+    from foretell.jobs.batch import _as_json
+
+    assert json.loads(_as_json({"a": 2**70, "b": np.float64(1.5)})) == {"a": 2**70, "b": 1.5}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -134,7 +135,7 @@ def test_sigterm_flushes_every_answered_prediction(examples_root: Path, tmp_path
         answered += len(response.json()["predictions"])
     running.process.send_signal(signal.SIGTERM)
     assert running.process.wait(timeout=60) == 0
-    with sqlite3.connect(tmp_path / "foretell-data" / "monitoring.db") as db:
+    with closing(sqlite3.connect(tmp_path / "foretell-data" / "monitoring.db")) as db:
         logged = db.execute("SELECT COUNT(*) FROM foretell_predictions").fetchone()[0]
     assert logged == answered == 1000
 

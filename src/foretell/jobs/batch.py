@@ -8,6 +8,7 @@ memory independent of the input's size.
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -84,16 +85,19 @@ def score_chunk(
             "job_id": job_id,
             "row_key": [keys[r] for r in rejected],
             "error": list(rejected.values()),
-            "input": [
-                orjson.dumps(
-                    frame.iloc[r].to_dict(), default=str, option=orjson.OPT_SERIALIZE_NUMPY
-                ).decode()
-                for r in rejected
-            ],
+            "input": [_as_json(frame.iloc[r].to_dict()) for r in rejected],
         },
         columns=["job_id", "row_key", "error", "input"],
     )
     return Scored(chunk.number, len(frame), results, errors)
+
+
+def _as_json(record: dict[Any, Any]) -> str:
+    """A rejected row as JSON text, whatever it holds (numpy values, huge integers)."""
+    try:
+        return orjson.dumps(record, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    except TypeError:  # integers beyond 64 bits, which orjson refuses
+        return json.dumps(record, default=str)
 
 
 def chunks_of(source: Source, rows: int) -> Iterator[Chunk]:

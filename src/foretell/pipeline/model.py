@@ -193,12 +193,8 @@ class Batch:
     def table(self) -> dict[str, Any]:
         """The scored rows as flat columns (``row`` is the row's position in the batch)."""
         ids = np.array(self.prediction_ids, dtype=object)[self.usable]
-        return {
-            "row": self.usable,
-            "prediction_id": ids,
-            **self.model.postprocessor.table(self.outputs),
-            "decision": self.decisions,
-        }
+        outputs = self.model.postprocessor.table(self.outputs) if len(self.usable) else {}
+        return {"row": self.usable, "prediction_id": ids, **outputs, "decision": self.decisions}
 
     def errors(self) -> dict[int, str]:
         """Row position -> why the row was not scored."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -53,7 +54,11 @@ class Server:
 
     def __init__(self, args: list[str], cwd: Path | None = None, timeout: float = 60.0) -> None:
         self.port, self.grpc_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        tls = "--tls-cert" in args
+        self.verify: bool | ssl.SSLContext = (
+            ssl.create_default_context(cafile=args[args.index("--tls-cert") + 1]) if tls else True
+        )
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.log = (cwd or Path.cwd()) / f"server-{self.port}.log"
         ports = ["--port", str(self.port), "--grpc-port", str(self.grpc_port)]
         command = [sys.executable, "-m", "foretell", "serve", *ports, *args]
@@ -64,7 +69,7 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.log.read_text()}")
             try:
-                httpx.get(f"{self.url}/v2/health/live", timeout=1.0)
+                httpx.get(f"{self.url}/v2/health/live", timeout=1.0, verify=self.verify)
                 return
             except httpx.TransportError:
                 time.sleep(0.1)

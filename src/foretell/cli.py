@@ -628,6 +628,10 @@ def serve(
     keys_file: Annotated[
         Path, typer.Option("--keys", envvar="FORETELL_KEYS", help="The API key store.")
     ] = DEFAULT_DATA / "keys.json",
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate (chain): serve HTTPS and gRPC over TLS.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
 ) -> None:
     """Serve every model of a repository over REST and gRPC (Open Inference Protocol V2,
     KServe V1 records, health, OpenAPI docs at /docs).
@@ -660,6 +664,14 @@ def serve(
 
             with err.status(f"first start: building the example models into {repository}..."):
                 build_examples(repository)
+    if (tls_cert is None) != (tls_key is None):
+        raise typer.BadParameter("TLS needs both --tls-cert and --tls-key")
+    tls = None
+    if tls_cert is not None and tls_key is not None:
+        for path in (tls_cert, tls_key):
+            if not path.is_file():
+                raise typer.BadParameter(f"TLS file '{path}' does not exist")
+        tls = (tls_cert, tls_key)
     from foretell.serving.auth import auth_by_default
 
     if auth is None:
@@ -702,6 +714,7 @@ def serve(
                 log_level,
                 log_config=log_config,
                 keys=keys,
+                tls=tls,
             )
         )
     finally:

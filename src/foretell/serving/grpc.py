@@ -67,7 +67,11 @@ _IGNORED_UNLOAD_PARAMETERS = {"unload_dependents"}
 
 
 def create_grpc_server(
-    v2: V2, host: str, port: int, keys: KeyStore | None = None
+    v2: V2,
+    host: str,
+    port: int,
+    keys: KeyStore | None = None,
+    tls: tuple[bytes, bytes] | None = None,
 ) -> grpc.aio.Server:
     """A gRPC server answering the Open Inference Protocol on ``host:port``; not yet started.
 
@@ -87,7 +91,10 @@ def create_grpc_server(
     add_servicer(InferenceServicer(v2, keys), server)  # type: ignore[no-untyped-call]
     address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
     try:
-        server.add_insecure_port(address)
+        if tls is None:
+            server.add_insecure_port(address)
+        else:  # (private key, certificate chain), PEM
+            server.add_secure_port(address, grpc.ssl_server_credentials([tls]))
     except RuntimeError:
         raise UserError(
             f"cannot listen for gRPC on {address}: is the port taken, or the host not an "

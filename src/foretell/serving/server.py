@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -26,6 +27,7 @@ async def serve(
     grace_seconds: float = 30.0,
     log_config: dict[str, Any] | None = None,
     keys: KeyStore | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> None:
     """Serves until SIGTERM or SIGINT, then stops accepting and lets in-flight requests finish
     (at most ``grace_seconds``) on both transports before returning."""
@@ -37,13 +39,16 @@ async def serve(
         lifespan="off",
         timeout_graceful_shutdown=int(grace_seconds),
         log_config=log_config,
+        ssl_certfile=str(tls[0]) if tls else None,
+        ssl_keyfile=str(tls[1]) if tls else None,
     )
     http = uvicorn.Server(config)
     grpc_server = None
     if grpc_port is not None:
         from foretell.serving.grpc import create_grpc_server
 
-        grpc_server = create_grpc_server(V2(plane), host, grpc_port, keys)
+        pem = (tls[1].read_bytes(), tls[0].read_bytes()) if tls else None
+        grpc_server = create_grpc_server(V2(plane), host, grpc_port, keys, pem)
         await grpc_server.start()
         log.info("gRPC serving on %s:%d", host, grpc_port)
     # uvicorn re-raises the signal it caught once it has drained; a no-op handler lets the

@@ -486,3 +486,20 @@ def test_sigterm_drains_accepted_requests(examples_root: Path, tmp_path: Path) -
     assert running.process.wait(timeout=60) == 0
     assert early == ["ok"] * 6
     assert len(late) == 4
+
+
+def test_requests_over_the_row_limit_are_refused(examples_root: Path, tmp_path: Path) -> None:
+    running = Server(["--repository", str(examples_root), "--max-rows", "5"], cwd=tmp_path)
+    try:
+        rows = [{"text": "fine"}] * 6
+        v1 = httpx.post(f"{running.url}/v1/models/sentiment:predict", json={"instances": rows})
+        assert v1.status_code == 413 and "at most 5 per request" in v1.json()["error"]
+        body = {
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [6], "data": ["fine"] * 6}]
+        }
+        v2 = httpx.post(f"{running.url}/v2/models/sentiment/infer", json=body)
+        assert v2.status_code == 413 and "has 6 rows" in v2.json()["error"]
+        ok = httpx.post(f"{running.url}/v1/models/sentiment:predict", json={"instances": rows[:5]})
+        assert ok.status_code == 200
+    finally:
+        running.stop()

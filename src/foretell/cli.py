@@ -632,6 +632,7 @@ def serve(
         Path | None, typer.Option(help="PEM certificate (chain): serve HTTPS and gRPC over TLS.")
     ] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
+    max_rows: Annotated[int, typer.Option(help="The most rows one request may carry.")] = 100_000,
 ) -> None:
     """Serve every model of a repository over REST and gRPC (Open Inference Protocol V2,
     KServe V1 records, health, OpenAPI docs at /docs).
@@ -698,7 +699,10 @@ def serve(
         from foretell.monitoring.store import MonitoringStore
 
         monitor = Monitor(MonitoringStore(monitoring_db), metrics.registry, log_sample_rate)
+    if max_rows < 1:
+        raise typer.BadParameter(f"--max-rows must be at least 1; got {max_rows}")
     plane = DataPlane(Repository(repository), metrics, monitor)
+    plane.max_rows = max_rows
     plane.load_all()
     for entry in plane.catalogue():
         status = "ready" if entry["ready"] else f"NOT READY: {entry.get('reason')}"

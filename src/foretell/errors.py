@@ -7,7 +7,8 @@ root once; nothing else catches errors by message.
     ForetellError                  500 / exit 1   a genuine fault inside foretell
     ├── UserError                  400 / exit 2   the caller asked for something malformed
     │   ├── InputFormatError       400 / exit 2   a body or file that cannot be decoded
-    │   └── ValidationError        400 / exit 2   rows that break the model's input schema
+    │   ├── ValidationError        400 / exit 2   rows that break the model's input schema
+    │   └── TooLargeError          413 / exit 2   a body or a batch over the server's limits
     ├── UnauthorizedError          401 / exit 6   no valid API key was sent
     ├── ForbiddenError             403 / exit 6   the key lacks the scope the call needs
     ├── NotFoundError              404 / exit 3   an unknown model or version
@@ -47,6 +48,12 @@ class UserError(ForetellError):
 
 class InputFormatError(UserError):
     """A request body or input file could not be decoded into rows."""
+
+
+class TooLargeError(UserError):
+    """A request body, or the rows in it, over the server's limits."""
+
+    status = 413
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from foretell.errors import ForetellError, ModelLoadError, NotFoundError
+from foretell.errors import ForetellError, ModelLoadError, NotFoundError, TooLargeError
 from foretell.monitoring.metrics import ServingMetrics
 from foretell.monitoring.monitor import Monitor
 from foretell.pipeline import Model, Prediction
@@ -48,6 +48,16 @@ class DataPlane:
 
     #: How long an unload waits for in-flight requests of the model to finish.
     DRAIN_SECONDS = 30.0
+    #: The most rows one request may carry (``foretell serve --max-rows``).
+    max_rows = 100_000
+
+    def check_rows(self, rows: int) -> None:
+        """Refuses a request of more than :attr:`max_rows` rows."""
+        if rows > self.max_rows:
+            raise TooLargeError(
+                f"the request has {rows:,} rows; this server takes at most {self.max_rows:,} "
+                "per request (send several requests, or use foretell batch)"
+            )
 
     def __init__(
         self,

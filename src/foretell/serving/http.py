@@ -120,6 +120,7 @@ def create_app(
         instances = body["instances"]
         if not isinstance(instances, list):
             raise InputFormatError(f'"instances" must be a list; got {type(instances).__name__}')
+        plane.check_rows(len(instances))
         results = await run_in_threadpool(plane.predict, name, instances)
         if results:
             log.info(

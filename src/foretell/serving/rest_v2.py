@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from foretell.errors import InputFormatError, ModelLoadError
+from foretell.errors import InputFormatError, ModelLoadError, TooLargeError
 from foretell.serving.tensors import Tensor, check_header, from_bytes, from_json, to_bytes
 from foretell.serving.v2 import V2, InferRequest, InferResponse, RequestedOutput
 
@@ -46,20 +46,16 @@ class JSON(Response):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-class TooLarge(InputFormatError):
-    status = 413
-
-
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, decompressed when gzip or deflate, refused past ``limit`` bytes."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise TooLarge(f"the request body is larger than the limit of {limit} bytes")
+        raise TooLargeError(f"the request body is larger than the limit of {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise TooLarge(f"the request body is larger than the limit of {limit} bytes")
+            raise TooLargeError(f"the request body is larger than the limit of {limit} bytes")
         chunks.append(chunk)
     body = b"".join(chunks)
     encoding = request.headers.get("content-encoding", "identity").lower()
@@ -78,7 +74,9 @@ async def read_body(request: Request, limit: int) -> bytes:
             f"the {encoding} request body cannot be decompressed: {exc}"
         ) from None
     if len(plain) > limit or inflater.unconsumed_tail:
-        raise TooLarge(f"the decompressed request body is larger than the limit of {limit} bytes")
+        raise TooLargeError(
+            f"the decompressed request body is larger than the limit of {limit} bytes"
+        )
     return plain
 
 

@@ -144,6 +144,8 @@ class V2:
         return True
 
     def infer(self, request: InferRequest) -> InferResponse:
+        for tensor in request.inputs:
+            self.plane.check_rows(tensor.shape[0] if tensor.shape else 1)
         with self.plane.using(request.model, request.version) as model:
             rows = self._rows(model.spec, request.inputs)
             results = model.predict(rows)

@@ -16,7 +16,7 @@ from foretell.pipeline.decide import DecisionRules
 from foretell.pipeline.postprocess import Postprocessor
 from foretell.pipeline.preprocess import Preprocessor
 from foretell.pipeline.rows import Rows, to_columns
-from foretell.pipeline.validate import Validator
+from foretell.pipeline.validate import Validator, in_row_order
 from foretell.repository.spec import ModelSpec, read_spec
 from foretell.runtimes import Runtime, canonical, create_runtime
 
@@ -136,9 +136,7 @@ class Model:
         rejecting = self.spec.on_invalid == "reject"
         batch = self.run(rows, all_or_nothing=rejecting)
         if batch.violations and rejecting:
-            raise ValidationError(
-                [v for row in sorted(batch.violations) for v in batch.violations[row]]
-            )
+            raise ValidationError(in_row_order(batch.violations))
         return batch.predictions()
 
     def _forward(self, x: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:

@@ -34,7 +34,12 @@ class Checked:
         return mask
 
     def all_violations(self) -> list[Violation]:
-        return [v for row in sorted(self.violations) for v in self.violations[row]]
+        return in_row_order(self.violations)
+
+
+def in_row_order(violations: dict[int, list[Violation]]) -> list[Violation]:
+    """Every violation of a batch, row by row."""
+    return [v for row in sorted(violations) for v in violations[row]]
 
 
 def _show(value: Any) -> str:

@@ -8,7 +8,6 @@ import threading
 import time
 import uuid
 
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -27,7 +26,7 @@ from foretell.serving.auth import Authorise
 from foretell.serving.dataplane import DataPlane
 from foretell.serving.keys import KeyStore
 from foretell.serving.openapi import DOCS_PAGE, openapi
-from foretell.serving.rest_v2 import JSON, read_body, v2_routes
+from foretell.serving.rest_v2 import JSON, read_json, v2_routes
 from foretell.serving.v2 import V2
 
 log = logging.getLogger("foretell.serving")
@@ -108,10 +107,7 @@ def create_app(
     async def predict(request: Request) -> Response:
         name = request.path_params["name"]
         plane.model(name)  # an unknown model is a 404 before the body is read
-        try:
-            body = orjson.loads(await read_body(request, max_body_bytes))
-        except orjson.JSONDecodeError as exc:
-            raise InputFormatError(f"the request body is not valid JSON: {exc}") from None
+        body = await read_json(request, max_body_bytes)
         if not isinstance(body, dict) or "instances" not in body:
             raise InputFormatError(
                 'the body must be a JSON object with "instances": a list of records '
@@ -145,10 +141,7 @@ def create_app(
     async def feedback(request: Request) -> Response:
         name = request.path_params["name"]
         monitor = _monitor(name)
-        try:
-            body = orjson.loads(await read_body(request, max_body_bytes))
-        except orjson.JSONDecodeError as exc:
-            raise InputFormatError(f"the request body is not valid JSON: {exc}") from None
+        body = await read_json(request, max_body_bytes)
         items = body.get("feedback", [body]) if isinstance(body, dict) else body
         if (
             not isinstance(items, list)
@@ -191,11 +184,7 @@ def create_app(
     async def update(request: Request) -> Response:
         name = request.path_params["name"]
         monitor = _monitor(name)
-        raw = await read_body(request, max_body_bytes)
-        try:
-            body = orjson.loads(raw) if raw.strip() else {}
-        except orjson.JSONDecodeError as exc:
-            raise InputFormatError(f"the request body is not valid JSON: {exc}") from None
+        body = await read_json(request, max_body_bytes, default={})
         holdout = body.get("holdout", 0.2) if isinstance(body, dict) else None
         if isinstance(holdout, bool) or not isinstance(holdout, int | float):
             raise InputFormatError(

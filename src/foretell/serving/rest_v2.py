@@ -80,6 +80,24 @@ async def read_body(request: Request, limit: int) -> bytes:
     return plain
 
 
+_REQUIRED: Any = object()
+
+
+def decode_json(data: bytes, default: Any = _REQUIRED) -> Any:
+    """``data`` as JSON, or InputFormatError; an empty body gives ``default`` when one is set."""
+    if default is not _REQUIRED and not data.strip():
+        return default
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InputFormatError(f"the request body is not valid JSON: {exc}") from None
+
+
+async def read_json(request: Request, limit: int, default: Any = _REQUIRED) -> Any:
+    """The request body decoded as JSON (see :func:`decode_json`)."""
+    return decode_json(await read_body(request, limit), default)
+
+
 def parse_infer(
     body: bytes, header_length: str | None, model: str, version: str | None
 ) -> InferRequest:
@@ -94,10 +112,7 @@ def parse_infer(
         head, blobs = body[:split], memoryview(body)[split:]
     else:
         head, blobs = body, memoryview(b"")
-    try:
-        data = orjson.loads(head)
-    except orjson.JSONDecodeError as exc:
-        raise InputFormatError(f"the request body is not valid JSON: {exc}") from None
+    data = decode_json(head)
     if not isinstance(data, dict) or not isinstance(data.get("inputs"), list):
         raise InputFormatError('the body must be a JSON object with an "inputs" list of tensors')
     inputs, offset = [], 0
@@ -195,11 +210,7 @@ def v2_routes(v2: V2, limit: int) -> list[Route]:
         return render_infer(infer_request, response)
 
     async def index(request: Request) -> Response:
-        body = await read_body(request, limit)
-        try:
-            options = orjson.loads(body) if body.strip() else {}
-        except orjson.JSONDecodeError as exc:
-            raise InputFormatError(f"the request body is not valid JSON: {exc}") from None
+        options = await read_json(request, limit, default={})
         entries = v2.plane.index()
         if isinstance(options, dict) and options.get("ready"):
             entries = [e for e in entries if e["state"] == "READY"]

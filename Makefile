@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
-EXTRAS := dev,xgboost,lightgbm,torch,dask,streams,causal,monitoring
+EXTRAS := dev,xgboost,lightgbm,torch,dask,streams,causal,monitoring,insight
 STAMP := $(VENV)/.installed
 
 .PHONY: install serve test lint services clean protos

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 EXTRAS := dev,xgboost,lightgbm,torch,dask,streams,causal,monitoring,insight
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint services clean protos
+.PHONY: install serve test lint services browser clean protos
 
 install: $(STAMP)
 
@@ -23,8 +23,15 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
 
-test: lint services
+test: lint services browser
 	$(BIN)/pytest
+
+# The web pages' end-to-end tests drive Debian's chromium; Playwright never downloads a browser.
+browser:
+	@command -v chromium >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 services:
 	@bash scripts/services

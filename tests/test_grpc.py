@@ -28,7 +28,7 @@ from tritonclient.utils import InferenceServerException
 from foretell import Prediction, Repository, UserError
 from foretell.examples import EXAMPLES
 from foretell.examples.build import loan_applications
-from foretell.examples.datasets import card_transactions, interactions
+from foretell.examples.datasets import card_transactions, interactions, merchant_outcomes
 from foretell.serving.dataplane import DataPlane
 from foretell.serving.grpc import create_grpc_server, infer_request, infer_response
 from foretell.serving.protos import inference_pb2 as pb
@@ -163,6 +163,7 @@ def _cases() -> dict[str, tuple[Any, list[tg.InferInput]]]:
     card = _card_frame()
     baskets = _baskets()
     loan = loan_applications(rows=12).drop(columns=["outcome"])
+    rates = merchant_outcomes(rows=12).drop(columns=["outcome"])
     return {
         "breast-cancer": (cancer, [_input("input", cancer, "FP64")]),
         "diabetes": (diabetes, [_input("input", diabetes, "FP64")]),
@@ -177,6 +178,7 @@ def _cases() -> dict[str, tuple[Any, list[tg.InferInput]]]:
         ),
         "sentiment": ([{"text": t} for t in REVIEWS], [_input("text", _bytes(REVIEWS), "BYTES")]),
         "loan-approval": (loan.to_dict("records"), _card_inputs(loan)),
+        "fraud-rates": (rates.to_dict("records"), _card_inputs(rates)),
     }
 
 

@@ -7,6 +7,7 @@ the same rows.
 
 from __future__ import annotations
 
+import json
 import pickle
 import sys
 import textwrap
@@ -325,6 +326,33 @@ def build_uplift_effect(folder: Path) -> Built:
     return Built(spec, test, effect, NATIVE_ATOL)
 
 
+def build_conjugate_normal(folder: Path) -> Built:
+    """Bayesian linear regression with known noise: under a N(0, tau^2) prior on every
+    coefficient its posterior mean is ridge regression with alpha = noise^2 / tau^2 (the
+    intercept a coefficient like the others)."""
+    x, y = training_data("regression")
+    noise, tau = 0.5, 2.0
+    design = np.column_stack([np.ones(len(x)), x])
+    artifact = {
+        "family": "normal",
+        "coefficients": ["intercept", *FEATURES],
+        "noise_std": noise,
+        "prior": {"mean": [0.0] * design.shape[1], "std": tau},
+        "evidence": {
+            "rows": len(x),
+            "xtx": (design.T @ design).tolist(),
+            "xty": (design.T @ y).tolist(),
+        },
+    }
+    (folder / "model.json").write_text(json.dumps(artifact), encoding="utf-8")
+    ridge = Ridge(alpha=noise**2 / tau**2, fit_intercept=False).fit(design, y)
+    test = scoring_rows()
+    expected = ridge.predict(np.column_stack([np.ones(len(test)), test]))
+    return Built(
+        make_spec("conjugate", "model.json", task="regression"), test, expected, NATIVE_ATOL
+    )
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -361,6 +389,7 @@ CASES: dict[str, list[Case]] = {
         Case("probabilities", build_torchscript_probabilities, _TORCH_MARKS),
     ],
     "uplift": [Case("effect-as-regression", build_uplift_effect)],
+    "conjugate": [Case("normal-regressor", build_conjugate_normal)],
 }
 
 

@@ -112,6 +112,7 @@ def test_discovery_lists_every_model_and_version(repository: Repository) -> None
         "breast-cancer",
         "card-fraud",
         "diabetes",
+        "fraud-rates",
         "iris-segments",
         "item-recommender",
         "loan-approval",

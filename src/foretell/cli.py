@@ -5,13 +5,16 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from foretell.errors import ForetellError
+
+if TYPE_CHECKING:
+    from foretell.serving.batching import Batcher
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -95,6 +98,13 @@ def predict(
     format: Annotated[
         str | None, typer.Option("--format", help="Input format when the name does not say.")
     ] = None,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Add each result's feature attributions (SHAP).")
+    ] = False,
+    confidence: Annotated[
+        float | None,
+        typer.Option(help="Add conformal intervals or label sets at this level, e.g. 0.9."),
+    ] = None,
 ) -> None:
     """Score the rows of a file with a model and write one result per row.
 
@@ -102,6 +112,7 @@ def predict(
 
     * `foretell predict breast-cancer --input rows.csv --output scored.parquet`
     * `echo '[{"text": "great kettle"}]' | foretell predict sentiment --input -`
+    * `foretell predict loan-approval --input loans.csv --explain --confidence 0.9`
     """
     from foretell.destinations import write_results
     from foretell.repository import Repository
@@ -109,10 +120,56 @@ def predict(
 
     loaded = Repository(repository).load(model, version)
     rows = read_rows(input, format)
-    results = loaded.predict(rows)
+    results = loaded.predict(rows, explain=explain, confidence=confidence)
     write_results((r.to_dict() for r in results), output)
     if output:
         err.print(f"scored {len(results)} rows with {loaded.name} v{loaded.version} -> {output}")
+
+
+@app.command()
+@user_errors
+def calibrate(
+    model: Annotated[str, typer.Argument(help="Model name in the repository.")],
+    repository: Repo = DEFAULT_DATA / "models",
+    version: Annotated[str | None, typer.Option(help="Version; default: the served one.")] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(help="Held-out rows with true outcomes: the calibration set (a file)."),
+    ] = None,
+    target: Annotated[str, typer.Option(help="The column of --data with the outcomes.")] = "target",
+    background: Annotated[
+        str | None, typer.Option(help="Typical rows (e.g. training data) to explain against.")
+    ] = None,
+    rows: Annotated[int, typer.Option(help="How many --background rows to keep.")] = 100,
+) -> None:
+    """Store a calibration set (conformal uncertainty) or a background sample (explanations)
+    with a model version; both are checked by scoring them, and model.yaml records them.
+
+    Examples:
+
+    * `foretell calibrate loan-approval --data held_out.parquet --target outcome`
+    * `foretell calibrate breast-cancer --background training.csv --rows 100`
+    """
+    import pandas as pd
+
+    from foretell.insight.conformal import calibrate as store_calibration
+    from foretell.insight.explain import set_background
+    from foretell.repository import Repository
+    from foretell.sources import read_rows
+
+    if data is None and background is None:
+        raise typer.BadParameter("give --data (a calibration set), --background, or both")
+    if rows < 1:
+        raise typer.BadParameter(f"--rows must be at least 1; got {rows}")
+    repo = Repository(repository)
+    folder = repo.get(model, version or repo.serving_version(model)).folder
+    if data is not None:
+        spec = store_calibration(folder, pd.DataFrame(read_rows(data)), target)
+        assert spec.insight.uncertainty is not None
+        err.print(f"calibrated {spec.name} v{spec.version} on {spec.insight.uncertainty.rows} rows")
+    if background is not None:
+        spec = set_background(folder, pd.DataFrame(read_rows(background)), rows)
+        err.print(f"stored a background sample for {spec.name} v{spec.version}")
 
 
 @app.command()
@@ -161,6 +218,13 @@ def batch(
     monitoring_db: Annotated[
         str, typer.Option(envvar="FORETELL_MONITORING_DB", help="The monitoring store.")
     ] = "sqlite:///foretell-data/monitoring.db",
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Add attribution columns (SHAP) to the results.")
+    ] = False,
+    confidence: Annotated[
+        float | None,
+        typer.Option(help="Add conformal interval or set columns at this level, e.g. 0.9."),
+    ] = None,
 ) -> None:
     """Score a whole table or file into a destination: chunked, exactly once, resumable.
 
@@ -213,6 +277,8 @@ def batch(
             reporter=Bar(model or resume or "batch"),
             truth=feedback_column,
             prediction_log=predlog,
+            explain=explain,
+            confidence=confidence,
         )
     finally:
         if predlog is not None:
@@ -633,6 +699,35 @@ def serve(
     ] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
     max_rows: Annotated[int, typer.Option(help="The most rows one request may carry.")] = 100_000,
+    max_batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Merge concurrent requests to a model into forward passes of up to this many "
+            "rows (1: no merging); default: each model.yaml's batching."
+        ),
+    ] = None,
+    max_wait_ms: Annotated[
+        float | None,
+        typer.Option(help="Longest a request waits for others to join its batch (ms)."),
+    ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Server processes sharing the ports (one core each); restarted if one dies."
+        ),
+    ] = 1,
+    request_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds a request may take, headers to answer (504 after); 0: none."),
+    ] = 30.0,
+    rate_limit: Annotated[
+        float,
+        typer.Option(help="Requests per second per API key (per client without keys); 0: none."),
+    ] = 0.0,
+    rate_burst: Annotated[
+        int | None,
+        typer.Option(help="Requests a caller may send at once; default: one second's worth."),
+    ] = None,
 ) -> None:
     """Serve every model of a repository over REST and gRPC (Open Inference Protocol V2,
     KServe V1 records, health, OpenAPI docs at /docs).
@@ -641,6 +736,7 @@ def serve(
     then `curl -s localhost:8080/v1/models`
     """
     import asyncio
+    import math
     import os
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one math thread per worker process
@@ -690,6 +786,19 @@ def serve(
             )
     if not 0.0 <= log_sample_rate <= 1.0:
         raise typer.BadParameter(f"--log-sample-rate must be in [0, 1]; got {log_sample_rate}")
+    batcher = None
+    if max_batch_size is not None or max_wait_ms is not None:
+        batcher = batcher_of(max_batch_size, max_wait_ms)
+    if workers < 1:
+        raise typer.BadParameter(f"--workers must be at least 1; got {workers}")
+    from foretell.serving.workers import supervise, worker_folder
+
+    if workers > 1 and worker_folder() is None:
+        if not no_monitoring:  # create the tables once, before the workers race to
+            from foretell.monitoring.store import MonitoringStore
+
+            MonitoringStore(monitoring_db).engine.dispose()
+        raise typer.Exit(supervise(workers, host, port))
     from foretell.monitoring.metrics import ServingMetrics
 
     metrics = ServingMetrics()
@@ -703,6 +812,17 @@ def serve(
         raise typer.BadParameter(f"--max-rows must be at least 1; got {max_rows}")
     plane = DataPlane(Repository(repository), metrics, monitor)
     plane.max_rows = max_rows
+    if batcher is not None:
+        plane.batcher = batcher
+    from foretell.serving.limits import Limits, RateLimiter
+
+    if request_timeout < 0 or rate_limit < 0 or (rate_burst is not None and rate_burst < 1):
+        raise typer.BadParameter(
+            "--request-timeout and --rate-limit must be 0 (off) or positive, --rate-burst at "
+            f"least 1; got {request_timeout}, {rate_limit}, {rate_burst}"
+        )
+    burst = rate_burst or max(1, math.ceil(rate_limit))
+    limits = Limits(request_timeout or None, RateLimiter(rate_limit, burst) if rate_limit else None)
     plane.load_all()
     for entry in plane.catalogue():
         status = "ready" if entry["ready"] else f"NOT READY: {entry.get('reason')}"
@@ -719,11 +839,28 @@ def serve(
                 log_config=log_config,
                 keys=keys,
                 tls=tls,
+                limits=limits,
             )
         )
     finally:
         if monitor is not None:
             monitor.close()  # every answered prediction reaches the log
+
+
+def batcher_of(max_batch_size: int | None, max_wait_ms: float | None) -> Batcher:
+    """A Batcher whose policy overrides every model's, from ``serve``'s batching flags."""
+    from foretell.repository.spec import Batching
+    from foretell.serving.batching import Batcher, BatchPolicy
+
+    try:
+        given = {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms}
+        policy = Batching.model_validate({k: v for k, v in given.items() if v is not None})
+    except ValueError:
+        raise typer.BadParameter(
+            "--max-batch-size must be at least 1 and --max-wait-ms in [0, 10000]; got "
+            f"{max_batch_size} and {max_wait_ms}"
+        ) from None
+    return Batcher(BatchPolicy(policy.max_batch_size, policy.max_wait_ms))
 
 
 causal_app = typer.Typer(

@@ -12,6 +12,8 @@ root once; nothing else catches errors by message.
     ├── UnauthorizedError          401 / exit 6   no valid API key was sent
     ├── ForbiddenError             403 / exit 6   the key lacks the scope the call needs
     ├── NotFoundError              404 / exit 3   an unknown model or version
+    ├── RateLimitedError           429 / exit 7   the caller sent more requests than its rate
+    ├── RequestTimeoutError        504 / exit 7   a request ran past the server's time limit
     ├── SpecError                  500 / exit 4   a model.yaml that is not a valid spec
     └── ModelLoadError             503 / exit 5   a model that cannot be loaded or is not ready
         ├── UnsafeModelError       503 / exit 5   loading would run code the spec does not trust
@@ -102,6 +104,24 @@ class NotFoundError(ForetellError):
 
     status = 404
     exit_code = 3
+
+
+class RateLimitedError(ForetellError):
+    """The caller sent more requests than its rate limit; ``retry_after`` says when to retry."""
+
+    status = 429
+    exit_code = 7
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RequestTimeoutError(ForetellError):
+    """A request took longer than the server's time limit to arrive or to be answered."""
+
+    status = 504
+    exit_code = 7
 
 
 class SpecError(ForetellError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,8 @@ import numpy as np
 import pandas as pd
 
 from foretell.examples import datasets
+from foretell.insight.conformal import calibrate
+from foretell.insight.explain import set_background
 from foretell.monitoring.prediction_drift import output_reference
 from foretell.pipeline.model import Model
 from foretell.pipeline.preprocess import encode
@@ -28,6 +31,8 @@ from foretell.repository.spec import (
 from foretell.runtimes.base import file_sha256
 
 SEED = 0
+#: The date the examples' calibration sets record, fixed so that a build is reproducible.
+CALIBRATED = datetime.date(2026, 1, 1)
 
 
 def _numeric_inputs(frame: pd.DataFrame, dtype: str = "float") -> list[Feature]:
@@ -102,6 +107,22 @@ def _write(
     return spec
 
 
+def _with_insight(
+    root: Path,
+    spec: ModelSpec,
+    background: pd.DataFrame,
+    calibration: pd.DataFrame | None = None,
+    target: str = "target",
+) -> ModelSpec:
+    """Stores a background sample (explanations) with a written model version and, given
+    held-out rows the model never saw, a calibration set (conformal uncertainty)."""
+    folder = root / spec.name / spec.version
+    spec = set_background(folder, background, rows=100, seed=SEED)
+    if calibration is not None:
+        spec = calibrate(folder, calibration, target, created=CALIBRATED)
+    return spec
+
+
 def breast_cancer(root: Path) -> list[ModelSpec]:
     """Gradient boosting on the Wisconsin breast cancer data; version 1 skops, 2 ONNX."""
     from sklearn.datasets import load_breast_cancer
@@ -132,7 +153,8 @@ def breast_cancer(root: Path) -> list[ModelSpec]:
     first = _write(root, base, frame, lambda p: _save_skops(model, p))
     onnx = _with(base, {"version": "2", "format": "onnx", "artifact": "model.onnx"})
     second = _write(root, onnx, frame, lambda p: _save_onnx(model, p, frame.shape[1]))
-    return [first, second]
+    # trained on every row of the data set: no held-out rows are left to calibrate on
+    return [_with_insight(root, first, frame), _with_insight(root, second, frame)]
 
 
 def diabetes(root: Path) -> list[ModelSpec]:
@@ -157,7 +179,8 @@ def diabetes(root: Path) -> list[ModelSpec]:
     )
     model = make_pipeline(StandardScaler(), Ridge(alpha=1.0))
     model.fit(encode(spec, frame), data.target.to_numpy())
-    return [_write(root, spec, frame, lambda p: _save_onnx(model, p, frame.shape[1], True))]
+    written = _write(root, spec, frame, lambda p: _save_onnx(model, p, frame.shape[1], True))
+    return [_with_insight(root, written, frame)]
 
 
 def iris_segments(root: Path) -> list[ModelSpec]:
@@ -236,7 +259,8 @@ def card_fraud(root: Path) -> list[ModelSpec]:
             },
         },
     )
-    return [_write(root, spec, features, lambda p: _save_skops(model, p))]
+    written = _write(root, spec, features, lambda p: _save_skops(model, p))
+    return [_with_insight(root, written, features)]
 
 
 def item_recommender(root: Path) -> list[ModelSpec]:
@@ -434,7 +458,60 @@ def loan_approval(root: Path) -> list[ModelSpec]:
         ),
     )
     model.fit(encode(spec, features), (frame["outcome"] == "repaid").to_numpy(int))
-    return [_write(root, spec, features, lambda p: _save_skops(model, p))]
+    written = _write(root, spec, features, lambda p: _save_skops(model, p))
+    # new applicants (another seed) the model never saw: its conformal calibration set
+    held_out = loan_applications(rows=5000, seed=6)
+    return [_with_insight(root, written, features, held_out, target="outcome")]
+
+
+def fraud_rates(root: Path) -> list[ModelSpec]:
+    """Bayesian fraud rates per merchant category: a Beta prior and generated outcomes give
+    each category's posterior; rules read its credible interval, and ground truth updates it
+    (``foretell update``)."""
+    from foretell.insight.bayes import BetaBinomial, BetaPrior, count_events
+
+    history = datasets.merchant_outcomes()
+    spec = ModelSpec(
+        name="fraud-rates",
+        version="1",
+        task="classification",
+        format="conjugate",
+        artifact="posterior.json",
+        description="How likely is a transaction at this kind of merchant to be fraud? The "
+        "posterior fraud rate of its merchant category with a 90% credible interval (generated "
+        "data); block when the rate is surely high, review while it may be. Learns from ground "
+        "truth by Bayesian updating.",
+        inputs=[
+            Feature(
+                name="merchant_category", dtype="category", categories=datasets.MERCHANT_CATEGORIES
+            )
+        ],
+        labels=["legit", "fraud"],
+        decision=Decision(
+            rules=[
+                Rule(when="lower >= 0.02", action="block"),
+                Rule(when="upper >= 0.02", action="review"),
+            ],
+            default="approve",
+        ),
+        runtime={"level": 0.9},
+    )
+    model = BetaBinomial(
+        family="beta_binomial",
+        segment_by="merchant_category",
+        prior=BetaPrior(alpha=1.0, beta=99.0),  # about 1% fraud, worth 100 transactions
+        evidence=count_events(
+            history["merchant_category"].tolist(),
+            history["outcome"].tolist(),
+            "fraud",
+            datasets.MERCHANT_CATEGORIES,
+        ),
+    )
+
+    def save(path: Path) -> None:
+        path.write_text(model.model_dump_json(indent=2) + "\n", encoding="utf-8")
+
+    return [_write(root, spec, history.drop(columns=["outcome"]), save)]
 
 
 EXAMPLES: dict[str, Callable[[Path], list[ModelSpec]]] = {
@@ -445,6 +522,7 @@ EXAMPLES: dict[str, Callable[[Path], list[ModelSpec]]] = {
     "item-recommender": item_recommender,
     "sentiment": sentiment,
     "loan-approval": loan_approval,
+    "fraud-rates": fraud_rates,
 }
 
 

@@ -16,6 +16,18 @@ MERCHANT_CATEGORIES = [
     "online_gaming",
     "jewellery",
 ]
+#: The true fraud rate of each merchant category in :func:`merchant_outcomes`, and how often
+#: each category occurs.
+FRAUD_RATES = {
+    "grocery": 0.002,
+    "fuel": 0.004,
+    "restaurants": 0.003,
+    "electronics": 0.015,
+    "travel": 0.01,
+    "online_gaming": 0.06,
+    "jewellery": 0.04,
+}
+MERCHANT_SHARES = [0.35, 0.2, 0.25, 0.1, 0.06, 0.03, 0.01]
 ITEM_GROUPS = {
     "outdoor": ["tent", "sleeping-bag", "hiking-boots", "headlamp", "trekking-poles", "camp-stove"],
     "kitchen": ["chef-knife", "cast-iron-pan", "coffee-grinder", "kettle", "cutting-board"],
@@ -51,6 +63,16 @@ def card_transactions(rows: int = 6000, fraud_rate: float = 0.02, seed: int = 7)
     frame["foreign"] = frame["foreign"].astype(bool)
     frame["is_fraud"] = fraud
     return frame
+
+
+def merchant_outcomes(rows: int = 5000, seed: int = 13) -> pd.DataFrame:
+    """Transactions' merchant category and whether each proved ``fraud`` or ``legit``, drawn
+    with the known rates :data:`FRAUD_RATES`."""
+    rng = np.random.default_rng(seed)
+    category = rng.choice(MERCHANT_CATEGORIES, size=rows, p=MERCHANT_SHARES)
+    rate = np.array([FRAUD_RATES[c] for c in category])
+    outcome = np.where(rng.random(rows) < rate, "fraud", "legit")
+    return pd.DataFrame({"merchant_category": category, "outcome": outcome})
 
 
 def item_names() -> list[str]:

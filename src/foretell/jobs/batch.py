@@ -26,6 +26,8 @@ import pandas as pd
 
 from foretell.destinations import open_destination
 from foretell.errors import ForetellError, UserError
+from foretell.insight.conformal import resolve_confidence
+from foretell.insight.explain import check_explainable
 from foretell.jobs.progress import Reporter, Silent
 from foretell.jobs.store import Job, JobStore
 from foretell.monitoring.predlog import PredictionLog
@@ -52,11 +54,18 @@ class Scored:
 
 
 def score_chunk(
-    model: Model, job_id: str, chunk: Chunk, key: str | None, truth: str | None = None
+    model: Model,
+    job_id: str,
+    chunk: Chunk,
+    key: str | None,
+    truth: str | None = None,
+    explain: bool = False,
+    confidence: float | None = None,
 ) -> Scored:
     """Runs the pipeline on one chunk: its result rows and its rejected rows, keyed.
 
-    With ``truth`` (a column holding known outcomes), results carry it as ``ground_truth``.
+    With ``truth`` (a column holding known outcomes), results carry it as ``ground_truth``;
+    ``explain`` and ``confidence`` add the explanation and uncertainty columns.
     """
     frame = chunk.frame
     keys = (
@@ -64,7 +73,7 @@ def score_chunk(
         if key is not None
         else np.arange(chunk.offset, chunk.offset + len(frame)).astype(str).astype(object)
     )
-    batch = model.run(frame)
+    batch = model.run(frame, explain=explain, confidence=confidence)
     table = batch.table()
     rows = table.pop("row")
     results = pd.DataFrame(
@@ -119,8 +128,11 @@ class BatchJob:
         workers: int = 2,
         reporter: Reporter | None = None,
         truth: str | None = None,
+        explain: bool = False,
+        confidence: float | None = None,
     ) -> None:
         self.model, self.job, self.store, self.truth = model, job, store, truth
+        self.explain, self.confidence = explain, confidence
         self.on_error, self.workers = on_error, max(1, workers)
         self.reporter: Reporter = reporter or Silent()
         self.source = open_source(job.source, order_by=job.key)
@@ -206,6 +218,8 @@ class BatchJob:
                             chunk,
                             self.job.key,
                             self.truth,
+                            self.explain,
+                            self.confidence,
                         )
                     )
                     if len(pending) >= self.workers:
@@ -327,11 +341,15 @@ def run_batch(
     reporter: Reporter | None = None,
     truth: str | None = None,
     prediction_log: PredictionLog | None = None,
+    explain: bool = False,
+    confidence: float | None = None,
 ) -> Job:
     """Runs a new job (``model``, ``source`` and ``destination``) or resumes one (``resume``).
 
     ``truth`` names a source column of known outcomes, stored beside each result as
     ``ground_truth``; ``prediction_log`` also logs every prediction for monitoring.
+    ``explain`` and ``confidence`` add explanation and uncertainty columns (local engine; give
+    the same values again when resuming).
     """
     if resume is not None:
         loaded, job = resume_job(repository, store, resume)
@@ -350,8 +368,21 @@ def run_batch(
             job_id=job_id,
             engine=engine,
         )
+    if engine == "dask" and (explain or confidence is not None):
+        raise UserError("explanations and uncertainty in batch jobs need the local engine")
+    resolve_confidence(loaded.spec, confidence)  # a bad level fails before anything is written
+    if explain:
+        check_explainable(loaded.spec)
     runner = BatchJob(
-        loaded, job, store, on_error=on_error, workers=workers, reporter=reporter, truth=truth
+        loaded,
+        job,
+        store,
+        on_error=on_error,
+        workers=workers,
+        reporter=reporter,
+        truth=truth,
+        explain=explain,
+        confidence=confidence,
     )
     runner.check()
     if prediction_log is not None:

@@ -8,6 +8,7 @@ on ``/metrics`` so Prometheus alerting can act on them. Every alert is also logg
 from __future__ import annotations
 
 import logging
+import reprlib
 import threading
 import time
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ import pandas as pd
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from foretell.errors import UserError
+from foretell.insight.explain import global_importance
 from foretell.monitoring.drift import drift
 from foretell.monitoring.fairness import fairness
 from foretell.monitoring.prediction_drift import prediction_drift
@@ -35,20 +37,23 @@ ERRORS = ("mae", "rmse", "log_loss")
 def check_truth(spec: ModelSpec, truth: Any) -> Any:
     """The ground truth as stored, or a UserError saying what the task expects."""
     if spec.task in ("classification", "text_classification"):
-        if str(truth) not in (spec.labels or []):
+        if isinstance(truth, list | dict) or str(truth) not in (spec.labels or []):
             raise UserError(
                 f"ground truth of '{spec.name}' must be one of its labels {spec.labels}; "
-                f"got {truth!r}"
+                f"got {reprlib.repr(truth)}"
             )
         return str(truth)
     if spec.task == "regression":
         if isinstance(truth, bool) or not isinstance(truth, int | float):
-            raise UserError(f"ground truth of '{spec.name}' must be a number; got {truth!r}")
+            raise UserError(
+                f"ground truth of '{spec.name}' must be a number; got {reprlib.repr(truth)}"
+            )
         return float(truth)
     if spec.task == "anomaly_detection":
         if not isinstance(truth, bool):
             raise UserError(
-                f"ground truth of '{spec.name}' must be true (an anomaly) or false; got {truth!r}"
+                f"ground truth of '{spec.name}' must be true (an anomaly) or false; "
+                f"got {reprlib.repr(truth)}"
             )
         return truth
     raise UserError(f"a {spec.task} model takes no ground truth")
@@ -143,6 +148,7 @@ class Monitor:
             "quality": quality(spec, labelled),
             "drift": {**drift(spec, inputs), "predictions": prediction_drift(spec, outputs)},
             "fairness": fairness(spec, labelled),
+            "importance": global_importance(outputs),
         }
         result["alerts"] = self._alerts(spec, result)
         self._gauges(spec, result)

@@ -11,6 +11,11 @@ an existing one, with ``online.json`` recording what it learned from. It serves 
 ``serve: latest``) when its score is not worse than the serving version's; otherwise the policy
 pins the serving version and the result says why. Rollback pins the version an online version
 was trained from, or else the version before the serving one.
+
+A conjugate model (format ``conjugate``) learns differently: its new version keeps the prior and
+adds the new labelled rows to its evidence, so the posterior is exact (Beta(a + s, b + n - s)
+per segment, or the Normal posterior of a linear regression). It always serves: a posterior
+with more evidence is the belief the evidence supports, and holding rows back would discard it.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -33,11 +39,15 @@ import yaml
 from sklearn import metrics
 
 from foretell.errors import UserError, ValidationError
+from foretell.insight.bayes import BetaBinomial, NormalLinear, count_events
 from foretell.monitoring.store import MonitoringStore
 from foretell.pipeline.model import Model
 from foretell.pipeline.preprocess import encode
 from foretell.repository.spec import SPEC_FILE, ModelSpec, write_spec
 from foretell.repository.store import POLICY_FILE, ModelVersion, Repository, version_key
+
+if TYPE_CHECKING:
+    from foretell.runtimes.conjugate import ConjugateRuntime
 
 #: What an online version learned from, beside its model.yaml.
 LINEAGE_FILE = "online.json"
@@ -91,6 +101,8 @@ def update(
     if not 0 < holdout < 1:
         raise UserError(f"holdout must be a share between 0 and 1; got {holdout}")
     current = repository.get(name)
+    if current.spec.format == "conjugate":
+        return _update_posterior(repository, store, current)
     spec = current.spec
     estimator = _load_learner(current)
     rows = _unlearned(store, name, _lineage(current.folder))
@@ -116,7 +128,7 @@ def update(
     model_folder = current.folder.parent
     staging = model_folder / f".staging-{uuid.uuid4().hex}"
     try:
-        new_spec = _stage(current, learned, version, staging)
+        new_spec = _stage(current, version, staging, _skops_writer(learned))
         test_rows, test_truth = [records[i] for i in test], [truth[i] for i in test]
         metric, before = _score(Model.from_folder(current.folder, spec), test_rows, test_truth)
         _, after = _score(Model.from_folder(staging, new_spec), test_rows, test_truth)
@@ -181,6 +193,116 @@ def rollback(repository: Repository, name: str) -> Rollback:
         base = earlier[-1]
     _set_policy(repository.root / name, str(base))
     return Rollback(model=name, previous=serving, serving=repository.serving_version(name))
+
+
+def _update_posterior(
+    repository: Repository, store: MonitoringStore, current: ModelVersion
+) -> Update:
+    """A conjugate model's evidence plus its new labelled rows, as version n + 1, served."""
+    spec, name = current.spec, current.spec.name
+    runtime = _conjugate(current.spec, current.folder)
+    rows = _unlearned(store, name, _lineage(current.folder))
+    records = [orjson.loads(r) for r in rows["inputs"]]
+    truth = [orjson.loads(t) for t in rows["ground_truth"]]
+    model = runtime.model
+    if isinstance(model, BetaBinomial):
+        segments = [r.get(model.segment_by) for r in records]
+        added = count_events(segments, truth, (spec.labels or [])[-1], runtime.segments)
+        learned: BetaBinomial | NormalLinear = model.updated(added)
+        evidence: dict[str, Any] = {s: c.model_dump() for s, c in added.items()}
+    else:
+        x, kept = _encode(spec, current.folder, records)
+        learned = model.updated(x, np.asarray([truth[i] for i in kept], dtype=float))
+        evidence = {"rows": len(kept)}
+    before, after = _evidence_rows(model), _evidence_rows(learned)
+    if after == before:
+        raise UserError(
+            f"model '{name}' has no new labelled predictions to learn from: send ground truth "
+            f"to /v1/models/{name}/feedback first"
+        )
+    version = _next_version(repository, name)
+    reason = (
+        f"conjugate update: {after - before} new labelled rows added to the evidence of version "
+        f"{spec.version}; the posterior is exact, so it serves"
+    )
+    model_folder = current.folder.parent
+    staging = model_folder / f".staging-{uuid.uuid4().hex}"
+    try:
+        _stage(current, version, staging, _json_writer(learned))
+        lineage_out = {
+            "base_version": spec.version,
+            "trained_through": {
+                "ts": float(rows["ts"].iloc[-1]),
+                "prediction_id": str(rows["prediction_id"].iloc[-1]),
+            },
+            "trained_rows": after - before,
+            "evidence": evidence,
+            "promoted": True,
+            "reason": reason,
+            "created_at": time.time(),
+        }
+        (staging / LINEAGE_FILE).write_text(json.dumps(lineage_out, indent=2) + "\n")
+        _publish(staging, model_folder / version)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _set_policy(model_folder, "latest")
+    return Update(
+        model=name,
+        base_version=spec.version,
+        version=version,
+        promoted=True,
+        reason=reason,
+        metric="evidence_rows",
+        before=float(before),
+        after=float(after),
+        trained_rows=after - before,
+        held_out_rows=0,
+        serving=repository.serving_version(name),
+    )
+
+
+def posterior(model: Model, level: float | None = None) -> dict[str, Any]:
+    """A conjugate model's prior, evidence and posterior, and what its last update added."""
+    spec = model.spec
+    runtime = _conjugate(spec, model.folder, model.runtime)
+    lineage = _lineage(model.folder)
+    last = (
+        {
+            "from_version": lineage["base_version"],
+            "rows": lineage["trained_rows"],
+            "evidence": lineage.get("evidence"),
+        }
+        if lineage and "evidence" in lineage
+        else None
+    )
+    return {
+        "model": spec.name,
+        "version": spec.version,
+        **runtime.summary(level),
+        "last_update": last,
+    }
+
+
+def _conjugate(spec: ModelSpec, folder: Path, loaded: Any = None) -> ConjugateRuntime:
+    """The model's conjugate runtime (``loaded`` when it is one), or a UserError."""
+    from foretell.runtimes.conjugate import ConjugateRuntime
+
+    if spec.format != "conjugate":
+        raise UserError(
+            f"model '{spec.name}' has no posterior to show: it is a '{spec.format}' model; "
+            "prior, evidence and posterior belong to 'conjugate' models"
+        )
+    if isinstance(loaded, ConjugateRuntime):
+        return loaded
+    runtime = ConjugateRuntime(spec, folder)
+    runtime.load()
+    return runtime
+
+
+def _evidence_rows(model: BetaBinomial | NormalLinear) -> int:
+    if isinstance(model, BetaBinomial):
+        return sum(c.trials for c in model.evidence.values())
+    return model.evidence.rows
 
 
 def _load_learner(current: ModelVersion) -> Any:
@@ -292,10 +414,27 @@ def _next_version(repository: Repository, name: str) -> str:
     return version
 
 
-def _stage(current: ModelVersion, estimator: Any, version: str, staging: Path) -> ModelSpec:
-    """Writes the new version into ``staging`` (its model.yaml aside until published)."""
-    import skops.io as sio
+def _skops_writer(estimator: Any) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        import skops.io as sio
 
+        sio.dump(estimator, path)
+
+    return write
+
+
+def _json_writer(model: BetaBinomial | NormalLinear) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        path.write_text(model.model_dump_json(indent=2) + "\n", encoding="utf-8")
+
+    return write
+
+
+def _stage(
+    current: ModelVersion, version: str, staging: Path, write: Callable[[Path], None]
+) -> ModelSpec:
+    """Writes the new version into ``staging`` (its model.yaml aside until published) with
+    ``write`` writing the artifact."""
     spec = current.spec
     shutil.copytree(
         current.folder,
@@ -304,15 +443,18 @@ def _stage(current: ModelVersion, estimator: Any, version: str, staging: Path) -
     )
     artifact = staging / spec.artifact
     artifact.parent.mkdir(parents=True, exist_ok=True)
-    sio.dump(estimator, artifact)
+    write(artifact)
     from foretell.runtimes.base import file_sha256
 
     runtime = dict(spec.runtime)
-    vouched = sorted(sio.get_untrusted_types(file=artifact))  # we wrote it: we vouch for it
-    if vouched:
-        runtime["trusted_types"] = vouched
-    else:
-        runtime.pop("trusted_types", None)
+    if artifact.suffix == ".skops":
+        import skops.io as sio
+
+        vouched = sorted(sio.get_untrusted_types(file=artifact))  # we wrote it: we vouch for it
+        if vouched:
+            runtime["trusted_types"] = vouched
+        else:
+            runtime.pop("trusted_types", None)
     new_spec = ModelSpec.model_validate(
         {
             **spec.model_dump(),

@@ -32,6 +32,9 @@ _OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 class PredictionLog:
     """Logs scored batches to a :class:`MonitoringStore` from a background thread."""
 
+    #: The most queued batches written in one transaction.
+    GROUP = 256
+
     def __init__(
         self,
         store: MonitoringStore,
@@ -51,37 +54,50 @@ class PredictionLog:
             self.queue.put(batch)
 
     def _run(self) -> None:
-        while (batch := self.queue.get()) is not None:
-            rows = self._rows(batch)
-            for attempt in range(5):
-                try:
-                    self.store.log(rows)
-                    self.written += len(rows)
-                    break
-                except Exception as exc:  # the store is down: retry, then count and go on
-                    log.warning(
-                        "writing %d predictions failed (%s); attempt %d",
-                        len(rows),
-                        exc,
-                        attempt + 1,
-                    )
-                    time.sleep(min(0.2 * 2**attempt, 3.0))
-            else:
-                if self.failures is not None:
-                    self.failures.inc(len(rows))
-                log.error("dropped %d predictions after 5 failed writes", len(rows))
+        stopping = False
+        while not stopping:
+            # one transaction for everything queued: a commit per 1-row request would cap
+            # serving at the store's commits per second
+            batches = [self.queue.get()]
+            while len(batches) < self.GROUP and not self.queue.empty():
+                batches.append(self.queue.get_nowait())
+            stopping = any(batch is None for batch in batches)
+            rows = [row for batch in batches if batch is not None for row in self._rows(batch)]
+            if rows:
+                self._write(rows)
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        for attempt in range(5):
+            try:
+                self.store.log(rows)
+                self.written += len(rows)
+                return
+            except Exception as exc:  # the store is down: retry, then count and go on
+                log.warning(
+                    "writing %d predictions failed (%s); attempt %d",
+                    len(rows),
+                    exc,
+                    attempt + 1,
+                )
+                time.sleep(min(0.2 * 2**attempt, 3.0))
+        if self.failures is not None:
+            self.failures.inc(len(rows))
+        log.error("dropped %d predictions after 5 failed writes", len(rows))
 
     def _rows(self, batch: Batch) -> list[dict[str, Any]]:
         model = batch.model
-        records = model.postprocessor.records(batch.outputs)
+        records = batch.records()  # with the explanation and uncertainty when asked for
         latency = float(sum(batch.timings_ms.values()))
         names = model.spec.feature_names
         now = time.time()
+        usable = batch.usable.tolist()
+        # whole columns at a time: a Python call per value would hold the GIL that serving needs
+        columns = [_values(batch.inputs[n], batch.usable, usable) for n in names]
         rows = []
-        for j, row in enumerate(batch.usable.tolist()):
+        for j, (row, values) in enumerate(zip(usable, zip(*columns, strict=True), strict=True)):
             if self.sample_rate < 1.0 and random.random() >= self.sample_rate:
                 continue
-            inputs = {n: _plain(batch.inputs[n][row]) for n in names}
+            inputs = dict(zip(names, values, strict=True))  # orjson writes NaN as null
             rows.append(
                 {
                     "prediction_id": batch.prediction_ids[row],
@@ -102,9 +118,9 @@ class PredictionLog:
         self.writer.join(timeout)
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and np.isnan(value):
-        return None
-    return value
+def _values(column: Any, rows: np.ndarray, listed: list[int]) -> list[Any]:
+    """The values of ``column`` at ``rows`` as plain Python values."""
+    if isinstance(column, np.ndarray):
+        values: list[Any] = column[rows].tolist()
+        return values
+    return [column[i] for i in listed]

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from foretell.errors import ForetellError, ValidationError, Violation
+from foretell.insight.bayes import POSTERIOR_OUTPUTS, PosteriorRuntime, credible_level
+from foretell.insight.conformal import Calibration, resolve_confidence
 from foretell.pipeline.decide import DecisionRules
 from foretell.pipeline.postprocess import Postprocessor
 from foretell.pipeline.preprocess import Preprocessor
@@ -20,7 +23,14 @@ from foretell.pipeline.validate import Validator, in_row_order
 from foretell.repository.spec import ModelSpec, read_spec
 from foretell.runtimes import Runtime, canonical, create_runtime
 
+if TYPE_CHECKING:
+    from foretell.insight.explain import Explainer
+
 STAGES = ("validate", "preprocess", "forward", "postprocess", "decide")
+#: Output columns an explanation adds (besides one ``attribution[<input>]`` per input), and
+#: those conformal uncertainty adds.
+EXPLANATION_COLUMNS = ("base_value",)
+UNCERTAINTY_COLUMNS = ("lower", "upper", "prediction_set", "confidence")
 
 
 @dataclass
@@ -35,6 +45,11 @@ class Prediction:
     flags: list[Violation] = field(default_factory=list)
     error: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    #: ``{"base_value": b, "attributions": {input: a}}`` when asked for.
+    explanation: dict[str, Any] | None = None
+    #: ``{"method": "conformal", "confidence": c, "interval": [lo, hi]}`` (or ``"set"``: the
+    #: labels) when asked for.
+    uncertainty: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The result as plain JSON-ready data, outputs at the top level."""
@@ -45,6 +60,10 @@ class Prediction:
             **self.outputs,
             "decision": self.decision,
         }
+        if self.explanation is not None:
+            data["explanation"] = self.explanation
+        if self.uncertainty is not None:
+            data["uncertainty"] = self.uncertainty
         if self.flags:
             data["flags"] = [v.to_json() for v in self.flags]
         if self.error is not None:
@@ -70,6 +89,10 @@ class Model:
         self.rules = DecisionRules(spec, self.postprocessor.quantity_kinds())
         #: Called with every scored batch (the server's metrics listen here).
         self.observers: list[Callable[[Batch], None]] = []
+        # built on first use: scoring the calibration set, reading the background sample
+        self._insight_lock = threading.Lock()
+        self._calibration: Calibration | None = None
+        self._explainer: Explainer | None = None
 
     @classmethod
     def from_folder(cls, folder: str | Path, spec: ModelSpec | None = None) -> Model:
@@ -86,13 +109,60 @@ class Model:
     def version(self) -> str:
         return self.spec.version
 
-    def run(self, rows: Rows, all_or_nothing: bool = False) -> Batch:
+    def run(
+        self,
+        rows: Rows,
+        all_or_nothing: bool = False,
+        *,
+        explain: bool = False,
+        confidence: float | None = None,
+        groups: np.ndarray | None = None,
+    ) -> Batch:
         """Scores every usable row, columnar; never raises for invalid rows.
 
         A row is unusable when it breaks a hard rule, or any rule if the spec rejects invalid
         rows; its violations say why. With ``all_or_nothing``, one unusable row leaves the
-        whole batch unscored.
+        whole batch unscored, or, when ``groups`` numbers the request of each row of a merged
+        batch, its own request's rows. ``explain`` adds feature attributions, ``confidence``
+        (a level in (0, 1)) conformal intervals or label sets: see :mod:`foretell.insight`. A
+        Bayesian model's uncertainty is its own posterior, at ``confidence`` or the spec's level.
         """
+        bayesian = self.postprocessor.posterior
+        level = (
+            credible_level(self.spec, confidence)
+            if bayesian
+            else resolve_confidence(self.spec, confidence)
+        )
+        if explain:
+            from foretell.insight.explain import check_explainable
+
+            check_explainable(self.spec)
+        scored = self.score(rows, all_or_nothing, groups)
+        if bayesian:
+            # rules read the spec's level, so no caller moves a decision by asking another
+            if len(scored.usable) and level is not None and level != credible_level(self.spec):
+                x = self.preprocessor.transform(scored.inputs, scored.usable)
+                scored.outputs.update(self._posterior(x, level))
+            scored.insight.extend(k for k in POSTERIOR_OUTPUTS if k in scored.outputs)
+        elif len(scored.usable) and level is not None:
+            started = time.perf_counter()
+            scored.add_insight(self._calibrated().columns(scored.outputs, level))
+            _lap(scored.timings_ms, "uncertainty", started)
+        if len(scored.usable) and explain:
+            started = time.perf_counter()
+            x = self.preprocessor.transform(scored.inputs, scored.usable)
+            explainer = self._explaining()
+            scored.add_insight(explainer.columns(x, scored.inputs, scored.usable, scored.outputs))
+            _lap(scored.timings_ms, "explain", started)
+        for observe in self.observers:
+            observe(scored)
+        return scored
+
+    def score(
+        self, rows: Rows, all_or_nothing: bool = False, groups: np.ndarray | None = None
+    ) -> Batch:
+        """:meth:`run` without insight and without telling observers: for passes over rows
+        nobody asked to predict, such as scoring a calibration set."""
         timings: dict[str, float] = {}
         started = time.perf_counter()
         batch = to_columns(rows, self.spec.feature_names)
@@ -102,7 +172,10 @@ class Model:
         if self.spec.on_invalid == "reject":
             unusable[list(checked.violations)] = True
         if all_or_nothing and unusable.any():
-            unusable[:] = True
+            if groups is None:
+                unusable[:] = True
+            else:
+                unusable |= np.isin(groups, groups[unusable])
         usable = np.flatnonzero(~unusable)
         outputs: dict[str, np.ndarray] = {}
         decisions: np.ndarray = np.empty(0, dtype=object)
@@ -127,17 +200,41 @@ class Model:
             timings,
             checked.columns,
         )
-        for observe in self.observers:
-            observe(scored)
         return scored
 
-    def predict(self, rows: Rows) -> list[Prediction]:
-        """One result per row; raises ValidationError if the spec rejects invalid rows."""
+    def predict(
+        self, rows: Rows, *, explain: bool = False, confidence: float | None = None
+    ) -> list[Prediction]:
+        """One result per row; raises ValidationError if the spec rejects invalid rows.
+
+        ``explain`` and ``confidence`` add each result's ``explanation`` and ``uncertainty``.
+        """
         rejecting = self.spec.on_invalid == "reject"
-        batch = self.run(rows, all_or_nothing=rejecting)
+        batch = self.run(rows, all_or_nothing=rejecting, explain=explain, confidence=confidence)
         if batch.violations and rejecting:
             raise ValidationError(in_row_order(batch.violations))
         return batch.predictions()
+
+    def _calibrated(self) -> Calibration:
+        with self._insight_lock:
+            if self._calibration is None:
+                self._calibration = Calibration.of(self)
+            return self._calibration
+
+    def _explaining(self) -> Explainer:
+        from foretell.insight.explain import Explainer
+
+        with self._insight_lock:
+            if self._explainer is None:
+                self._explainer = Explainer(self)
+            return self._explainer
+
+    def _posterior(self, x: np.ndarray, level: float) -> dict[str, np.ndarray]:
+        """A Bayesian model's posterior columns at ``level``."""
+        if not isinstance(self.runtime, PosteriorRuntime):
+            raise ForetellError(f"the {self.runtime.format} runtime gives no posterior")
+        raw = self.runtime.predict_posterior(x, level)
+        return {k: np.asarray(raw[k], dtype=np.float64) for k in POSTERIOR_OUTPUTS}
 
     def _forward(self, x: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
         try:
@@ -164,22 +261,73 @@ class Batch:
     timings_ms: dict[str, float]
     #: The checked input columns, by feature name (imputed values filled in).
     inputs: dict[str, Any]
+    #: The names of the ``outputs`` that explanations and uncertainty added.
+    insight: list[str] = field(default_factory=list)
+
+    def add_insight(self, columns: dict[str, np.ndarray]) -> None:
+        """Adds explanation or uncertainty columns to the outputs."""
+        self.outputs.update(columns)
+        self.insight.extend(columns)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The outputs of the usable rows as JSON-ready dicts, with their ``explanation`` and
+        ``uncertainty`` when the batch has them."""
+        task = {k: v for k, v in self.outputs.items() if k not in self.insight}
+        records = self.model.postprocessor.records(task) if len(self.usable) else []
+        for record, (explanation, uncertainty) in zip(records, self._grouped(), strict=True):
+            if explanation is not None:
+                record["explanation"] = explanation
+            if uncertainty is not None:
+                record["uncertainty"] = uncertainty
+        return records
+
+    def _grouped(self) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
+        """Per usable row: its explanation and its uncertainty, each None when absent."""
+        values = {name: self.outputs[name].tolist() for name in self.insight}
+        attributions = {n[len("attribution[") : -1]: v for n, v in values.items() if n[-1] == "]"}
+        grouped = []
+        for j in range(len(self.usable)):
+            explanation = uncertainty = None
+            if "base_value" in values:
+                explanation = {
+                    "base_value": values["base_value"][j],
+                    "attributions": {name: a[j] for name, a in attributions.items()},
+                }
+            if "std" in values:  # a Bayesian model's posterior predictive
+                uncertainty = {
+                    "method": "bayesian",
+                    "mean": values["mean"][j],
+                    "std": values["std"][j],
+                    "confidence": values["level"][j],
+                    "interval": [values["lower"][j], values["upper"][j]],
+                }
+            elif "confidence" in values:
+                uncertainty = {"method": "conformal", "confidence": values["confidence"][j]}
+                if "lower" in values:
+                    uncertainty["interval"] = [values["lower"][j], values["upper"][j]]
+                else:
+                    uncertainty["set"] = values["prediction_set"][j]
+            grouped.append((explanation, uncertainty))
+        return grouped
 
     def predictions(self) -> list[Prediction]:
         """One :class:`Prediction` per row, in order."""
         spec = self.model.spec
-        records = self.model.postprocessor.records(self.outputs) if len(self.usable) else []
+        records = self.records()
         position = dict(zip(self.usable.tolist(), range(len(self.usable)), strict=True))
         results = []
         for row in range(self.length):
             found = self.violations.get(row, [])
             j = position.get(row)
+            outputs = records[j] if j is not None else {}
             results.append(
                 Prediction(
                     prediction_id=self.prediction_ids[row],
                     model=spec.name,
                     version=spec.version,
-                    outputs=records[j] if j is not None else {},
+                    explanation=outputs.pop("explanation", None),
+                    uncertainty=outputs.pop("uncertainty", None),
+                    outputs=outputs,
                     decision=str(self.decisions[j]) if j is not None else None,
                     flags=found if j is not None else [],
                     error=None if j is not None else "; ".join(v.message for v in found),
@@ -191,8 +339,16 @@ class Batch:
     def table(self) -> dict[str, Any]:
         """The scored rows as flat columns (``row`` is the row's position in the batch)."""
         ids = np.array(self.prediction_ids, dtype=object)[self.usable]
-        outputs = self.model.postprocessor.table(self.outputs) if len(self.usable) else {}
-        return {"row": self.usable, "prediction_id": ids, **outputs, "decision": self.decisions}
+        task = {k: v for k, v in self.outputs.items() if k not in self.insight}
+        outputs = self.model.postprocessor.table(task) if len(self.usable) else {}
+        insight = {k: self.outputs[k] for k in self.insight}
+        return {
+            "row": self.usable,
+            "prediction_id": ids,
+            **outputs,
+            "decision": self.decisions,
+            **insight,
+        }
 
     def errors(self) -> dict[int, str]:
         """Row position -> why the row was not scored."""

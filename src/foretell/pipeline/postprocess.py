@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from foretell.errors import ForetellError
+from foretell.insight.bayes import POSTERIOR_OUTPUTS, gives_posterior
 from foretell.pipeline.preprocess import encoded_names
 from foretell.repository.spec import ModelSpec
 from foretell.runtimes.base import UPLIFT_OUTPUTS
@@ -28,6 +29,8 @@ class Postprocessor:
         self.task = spec.task
         self.labels = list(spec.labels or [])
         self.top_k = spec.postprocessing.top_k
+        #: A Bayesian model's rows also carry its posterior predictive (POSTERIOR_OUTPUTS).
+        self.posterior = gives_posterior(spec)
         if self.task == "recommendation":
             items = next(f for f in spec.inputs if f.dtype == "list")
             self.items = np.array(items.categories or [], dtype=object)
@@ -36,6 +39,10 @@ class Postprocessor:
     def quantity_kinds(self) -> dict[str, str]:
         """The names decision rules may use for this model, each with its kind of value:
         ``number``, ``text`` or ``bool``."""
+        posterior = dict.fromkeys(POSTERIOR_OUTPUTS if self.posterior else (), "number")
+        return {**self._task_kinds(), **posterior}
+
+    def _task_kinds(self) -> dict[str, str]:
         if self.task in ("classification", "text_classification"):
             probabilities = {f"probability[{label}]": "number" for label in self.labels}
             return {"label": "text", "confidence": "number", **probabilities}
@@ -60,7 +67,9 @@ class Postprocessor:
             "recommendation": self._recommend,
             "uplift": self._uplift,
         }[self.task]
-        return handler(raw, x)
+        columns, quantities = handler(raw, x)
+        posterior = {k: raw[k].astype(np.float64) for k in POSTERIOR_OUTPUTS if k in raw}
+        return {**columns, **posterior}, {**quantities, **posterior}
 
     def records(self, columns: Columns) -> list[dict[str, Any]]:
         """The outputs as one JSON-ready dict per row."""
@@ -77,6 +86,9 @@ class Postprocessor:
                         {"label": self.labels[j], "probability": row[j]}
                         for j in order[: self.top_k]
                     ]
+            posterior = [k for k in POSTERIOR_OUTPUTS if k in columns]
+            for j, result in enumerate(out):
+                result.update((k, float(columns[k][j])) for k in posterior)
             return out
         if self.task == "recommendation":
             return [

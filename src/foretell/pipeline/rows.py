@@ -10,16 +10,6 @@ import pandas as pd
 
 from foretell.errors import InputFormatError
 
-#: What ``Model.predict`` accepts: records, rows in schema order, a DataFrame, a 2-D array, or
-#: a mapping of feature name to a column (a list or 1-D array, all of one length).
-Rows = (
-    Sequence[Mapping[str, Any]]
-    | Sequence[Sequence[Any]]
-    | pd.DataFrame
-    | np.ndarray
-    | Mapping[str, Sequence[Any] | np.ndarray]
-)
-
 
 class Columns:
     """A batch as columns: ``values[name]`` is a list, or an array when it came as one."""
@@ -32,8 +22,22 @@ class Columns:
         return self.length
 
 
+#: What ``Model.predict`` accepts: records, rows in schema order, a DataFrame, a 2-D array, a
+#: mapping of feature name to a column (a list or 1-D array, all of one length), or Columns.
+Rows = (
+    Columns
+    | Sequence[Mapping[str, Any]]
+    | Sequence[Sequence[Any]]
+    | pd.DataFrame
+    | np.ndarray
+    | Mapping[str, Sequence[Any] | np.ndarray]
+)
+
+
 def to_columns(rows: Rows, names: list[str]) -> Columns:
     """Splits ``rows`` into the named columns; fields not in ``names`` are ignored."""
+    if isinstance(rows, Columns):
+        return rows
     if isinstance(rows, pd.DataFrame):
         missing = [None] * len(rows)
         return Columns({n: rows[n] if n in rows.columns else missing for n in names}, len(rows))

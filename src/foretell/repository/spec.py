@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,10 +21,16 @@ Task = Literal[
     "text_classification",
     "uplift",
 ]
-Format = Literal["onnx", "sklearn", "xgboost", "lightgbm", "python", "torchscript", "uplift"]
+Format = Literal[
+    "onnx", "sklearn", "xgboost", "lightgbm", "python", "torchscript", "uplift", "conjugate"
+]
 DType = Literal["float", "int", "bool", "category", "text", "list"]
 
 SPEC_FILE = "model.yaml"
+#: Tasks whose predictions conformal prediction can bound (intervals or sets of labels).
+CONFORMAL_TASKS = ("regression", "classification", "text_classification")
+#: Tasks whose predictions have feature attributions: a number per row over tabular inputs.
+EXPLAINED_TASKS = ("regression", "classification", "anomaly_detection")
 
 
 class _Strict(BaseModel):
@@ -129,6 +136,15 @@ class Decision(_Strict):
     default: str = Field(default="none", min_length=1)
 
 
+class Batching(_Strict):
+    """How a server merges concurrent requests to the model into one forward pass."""
+
+    #: The most rows in one merged forward pass; 1 runs every request alone.
+    max_batch_size: int = Field(default=64, ge=1)
+    #: The longest a request waits for others to join its batch, in milliseconds.
+    max_wait_ms: float = Field(default=0.0, ge=0, le=10_000)
+
+
 class Monitoring(_Strict):
     """When live data counts as drifted, how many rows a verdict needs, and whom to compare."""
 
@@ -166,6 +182,57 @@ class Reference(_Strict):
     outputs: dict[str, FeatureReference] | None = None
 
 
+class Uncertainty(_Strict):
+    """Conformal uncertainty: held-out rows with known outcomes, stored in the version folder."""
+
+    method: Literal["conformal"] = "conformal"
+    #: A Parquet file of held-out rows: the inputs, and the true outcome in column ``target``.
+    calibration: str
+    target: str = "target"
+    #: How many rows the calibration file holds, and the day it was written.
+    rows: int = Field(gt=0)
+    created: date
+    #: The level used when a call asks for uncertainty without naming one.
+    default_confidence: float | None = Field(default=None, gt=0, lt=1)
+
+    @field_validator("calibration")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        return _inside_version_folder(value)
+
+
+class Explain(_Strict):
+    """Explanations: the background sample attributions are measured against."""
+
+    #: A Parquet file of typical input rows (a sample of the training data).
+    background: str
+    #: ``auto``: SHAP's tree explainer when the model is a tree ensemble it reads, else
+    #: sampled permutations over the inputs.
+    algorithm: Literal["auto", "tree", "permutation"] = "auto"
+    #: Model evaluations per explained row for ``permutation`` (at least 2 * inputs + 1).
+    evaluations: int = Field(default=500, gt=0)
+    seed: int = 0
+
+    @field_validator("background")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        return _inside_version_folder(value)
+
+
+class Insight(_Strict):
+    """What the model needs to explain its predictions and say how uncertain they are."""
+
+    uncertainty: Uncertainty | None = None
+    explain: Explain | None = None
+
+
+def _inside_version_folder(value: str) -> str:
+    path = Path(value)
+    if path.is_absolute() or ".." in path.parts:
+        raise ValueError(f"must be a path inside the version folder; got '{value}'")
+    return value
+
+
 class ModelSpec(_Strict):
     """Everything foretell knows about one model version, read from its ``model.yaml``."""
 
@@ -187,14 +254,16 @@ class ModelSpec(_Strict):
     reference: Reference | None = None
     monitoring: Monitoring = Monitoring()
     runtime: dict[str, Any] = Field(default_factory=dict)
+    insight: Insight = Insight()
+    #: Adaptive batching when served; ``foretell serve --max-batch-size`` overrides it.
+    batching: Batching | None = None
+    #: ``onnx``: convert a scikit-learn model to ONNX at load, when it converts and agrees.
+    compile: Literal["onnx"] | None = None
 
     @field_validator("artifact")
     @classmethod
-    def _inside_version_folder(cls, value: str) -> str:
-        path = Path(value)
-        if path.is_absolute() or ".." in path.parts:
-            raise ValueError(f"must be a path inside the version folder; got '{value}'")
-        return value
+    def _artifact_inside(cls, value: str) -> str:
+        return _inside_version_folder(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
@@ -223,7 +292,20 @@ class ModelSpec(_Strict):
         for step in self.preprocessing:
             self._check_step(step)
         self._check_sensitive()
+        self._check_insight()
         return self
+
+    def _check_insight(self) -> None:
+        if self.insight.uncertainty is not None and self.task not in CONFORMAL_TASKS:
+            raise ValueError(
+                f"'insight.uncertainty' (conformal) applies to {', '.join(CONFORMAL_TASKS)} "
+                f"models; this one is '{self.task}'"
+            )
+        if self.insight.explain is not None and self.task not in EXPLAINED_TASKS:
+            raise ValueError(
+                f"'insight.explain' applies to {', '.join(EXPLAINED_TASKS)} models; this one is "
+                f"'{self.task}'"
+            )
 
     def _check_sensitive(self) -> None:
         named = self.monitoring.sensitive

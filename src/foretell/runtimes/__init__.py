@@ -17,6 +17,7 @@ RUNTIMES: dict[str, str] = {
     "python": "foretell.runtimes.python:PythonRuntime",
     "torchscript": "foretell.runtimes.torchscript:TorchScriptRuntime",
     "uplift": "foretell.runtimes.uplift:UpliftRuntime",
+    "conjugate": "foretell.runtimes.conjugate:ConjugateRuntime",
 }
 
 

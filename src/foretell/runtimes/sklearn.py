@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import inspect
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from foretell.errors import ModelLoadError, UnsafeModelError
+from foretell.insight.bayes import normal_columns, spec_level
 from foretell.runtimes.base import Runtime
+
+#: scikit-learn's vendored array-API shims for torch, dask and cupy. Importing skops.io walks
+#: every scikit-learn package to list its trusted estimators, which imports these and with
+#: them torch and dask: seconds of start-up for shims that CPU estimators never use.
+_ARRAY_API_SHIMS = tuple(
+    f"sklearn.externals.array_api_compat.{name}" for name in ("torch", "dask", "cupy")
+)
 
 
 class SklearnRuntime(Runtime):
@@ -17,6 +29,12 @@ class SklearnRuntime(Runtime):
     ``.skops`` files load with skops, which refuses types outside its trusted list unless the
     spec says ``trusted: true`` or lists them in runtime option ``trusted_types``. ``.pkl``,
     ``.pickle`` and ``.joblib`` files run code when read, so they need ``trusted: true``.
+    With ``compile: onnx`` in the spec, a classifier or regressor that converts to ONNX and
+    agrees with itself there runs in onnxruntime (see :mod:`foretell.runtimes.conversion`).
+
+    A Bayesian regressor (BayesianRidge, ARDRegression, GaussianProcessRegressor) with runtime
+    option ``return_std: true`` also serves its predictive ``std`` and the Normal interval
+    ``lower``, ``upper`` at ``level`` (runtime option ``level``, default 0.9, or the call's).
     """
 
     format = "sklearn"
@@ -44,9 +62,20 @@ class SklearnRuntime(Runtime):
         self.method = self._method()
         names = getattr(self.estimator, "feature_names_in_", None)
         self.feature_names = None if names is None else list(names)
+        self.return_std = self.options.get("return_std") is True
+        if self.return_std:
+            self._check_return_std()
+        self.compiled = None
+        if self.spec.compile == "onnx" and not self.return_std:
+            from foretell.runtimes.conversion import converted
+
+            self.compiled = converted(
+                self.spec, self.folder, self.estimator, lambda x: self.method(self._rows(x))
+            )
 
     def _load_skops(self, path: Path) -> Any:
-        import skops.io as sio
+        with _without_array_api_shims():
+            import skops.io as sio
 
         untrusted = sio.get_untrusted_types(file=path)
         allowed = set(self.options.get("trusted_types", []))
@@ -69,9 +98,52 @@ class SklearnRuntime(Runtime):
             return est.transform
         return est.predict
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def _check_return_std(self) -> None:
+        steps = getattr(self.estimator, "steps", None)
+        final = steps[-1][1] if steps else self.estimator
+        if (
+            self.spec.task != "regression"
+            or "return_std" not in inspect.signature(final.predict).parameters
+        ):
+            raise ModelLoadError(
+                f"{self.spec.name}/{self.spec.version}: runtime option 'return_std' needs a "
+                "regressor whose predict takes return_std (BayesianRidge, ARDRegression, "
+                f"GaussianProcessRegressor); got {type(final).__name__} for task "
+                f"'{self.spec.task}'"
+            )
+        self.level = spec_level(self.spec)
+
+    def _rows(self, x: np.ndarray) -> Any:
         if self.feature_names is not None:  # fitted on a DataFrame: give it its column names
             import pandas as pd
 
-            return np.asarray(self.method(pd.DataFrame(x, columns=self.feature_names)))
-        return np.asarray(self.method(x))
+            return pd.DataFrame(x, columns=self.feature_names)
+        return x
+
+    def predict(self, x: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
+        if self.return_std:
+            return self.predict_posterior(x, self.level)
+        if self.compiled is not None:
+            return self.compiled(x)
+        return np.asarray(self.method(self._rows(x)))
+
+    def predict_posterior(self, x: np.ndarray, level: float) -> dict[str, np.ndarray]:
+        """The predictive mean as ``value``, with its ``std`` and Normal credible interval."""
+        mean, std = self.estimator.predict(self._rows(x), return_std=True)
+        mean = np.asarray(mean, dtype=np.float64).reshape(len(x))
+        return {"value": mean, **normal_columns(mean, np.asarray(std, dtype=np.float64), level)}
+
+
+@contextmanager
+def _without_array_api_shims() -> Iterator[None]:
+    """Makes the shims in :data:`_ARRAY_API_SHIMS` unimportable for the block (a package walk
+    skips packages that fail to import), then importable again for whoever needs them."""
+    blocked = [name for name in _ARRAY_API_SHIMS if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]  # import raises ImportError
+    try:
+        yield
+    finally:
+        for name in blocked:
+            if sys.modules.get(name, False) is None:
+                del sys.modules[name]

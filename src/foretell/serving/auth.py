@@ -6,17 +6,22 @@ covers every model, so it needs ``monitor:*``.
 Health, the OpenAPI document and the docs page are open. Everything else needs
 ``Authorization: Bearer <key>`` with the route's scope: 401 without a valid key, 403 with a
 valid key that lacks the scope.
+
+The web pages (``/`` and ``/ui/...``) also take the key from the cookie the sign-in page sets,
+and send a browser without a fitting key to the sign-in page rather than answering JSON.
 """
 
 from __future__ import annotations
 
 import re
+from urllib.parse import quote
 
 import orjson
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from foretell.errors import ForbiddenError, UnauthorizedError
-from foretell.serving.keys import KeyStore
+from foretell.serving.keys import ApiKey, KeyStore
 
 MISSING_KEY = (
     "a valid API key is required: send 'Authorization: Bearer <key>' "
@@ -24,15 +29,21 @@ MISSING_KEY = (
 )
 
 
-def authorise(keys: KeyStore, header: str, needed: str) -> None:
-    """Raises UnauthorizedError or ForbiddenError unless ``header`` grants ``needed``."""
+def authorise(keys: KeyStore, header: str, needed: str) -> ApiKey:
+    """The key in ``header``; raises UnauthorizedError or ForbiddenError unless it grants
+    ``needed``."""
     scheme, _, token = header.partition(" ")
     key = keys.verify(token.strip()) if scheme.lower() == "bearer" else None
     if key is None:
         raise UnauthorizedError(MISSING_KEY)
     if not key.allows(needed):
         raise ForbiddenError(f"key '{key.id}' lacks the scope '{needed}'")
+    return key
 
+
+#: The cookie that holds the key of a person signed in to the web pages.
+COOKIE = "foretell_key"
+SIGN_IN = "/ui/sign-in"
 
 _MODEL = r"(?P<model>[^/:]+)"
 #: (path pattern, scope kind); the scope is ``kind:<model>`` when the path names a model.
@@ -41,10 +52,15 @@ RULES: list[tuple[re.Pattern[str], str | None]] = [
     for p, kind in [
         (r"^/v2/health/(live|ready)$", None),
         (r"^/(docs(/.*)?|openapi\.json)$", None),
+        (r"^/ui/(static/.*|sign-in|sign-out)$", None),
+        (r"^/$", "predict:any"),
+        (rf"^/ui/models/{_MODEL}(/results/[^/]+)?$", "predict"),
+        (rf"^/ui/models/{_MODEL}/feedback$", "feedback"),
+        (rf"^/ui/models/{_MODEL}/monitoring$", "monitor"),
         (r"^/metrics$", "monitor:*"),
-        (rf"^/v1/models/{_MODEL}:predict$", "predict"),
+        (rf"^/v1/models/{_MODEL}:(predict|explain)$", "predict"),
         (rf"^/v1/models/{_MODEL}/feedback$", "feedback"),
-        (rf"^/v1/models/{_MODEL}/monitoring$", "monitor"),
+        (rf"^/v1/models/{_MODEL}/(monitoring|posterior)$", "monitor"),
         (rf"^/v1/models/{_MODEL}/(update|rollback)$", "admin"),
         (rf"^/v1/models/{_MODEL}$", "predict"),
         (r"^/v1/models$", "predict:any"),
@@ -84,9 +100,17 @@ class Authorise:
         if needed is None:
             await self.app(scope, receive, send)
             return
-        header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+        headers = dict(scope.get("headers") or [])
+        header = headers.get(b"authorization", b"").decode("latin-1")
         scheme, _, token = header.partition(" ")
         key = self.keys.verify(token.strip()) if scheme.lower() == "bearer" else None
+        page = is_page(scope["path"])
+        if key is None and page:
+            cookies = cookie_parser(headers.get(b"cookie", b"").decode("latin-1"))
+            key = self.keys.verify(cookies.get(COOKIE, ""))
+        if page and (key is None or not key.allows(needed)):
+            await _to_sign_in(send, scope, needed if key is not None else None)
+            return
         if key is None:
             await _deny(
                 send,
@@ -98,7 +122,26 @@ class Authorise:
         if not key.allows(needed):
             await _deny(send, 403, f"key '{key.id}' lacks the scope '{needed}'")
             return
+        scope.setdefault("state", {})["key_id"] = key.id  # rate limits count per key
+        scope["state"]["api_key"] = key  # the pages show what the key opens
         await self.app(scope, receive, send)
+
+
+def is_page(path: str) -> bool:
+    """Whether ``path`` is one of the web pages rather than an API route."""
+    return path == "/" or path.startswith("/ui/")
+
+
+async def _to_sign_in(send: Send, scope: Scope, lacking: str | None) -> None:
+    """Sends a browser to the sign-in page, which brings it back here afterwards."""
+    query = scope.get("query_string", b"").decode("latin-1")
+    back = scope["path"] + (f"?{query}" if query else "")
+    target = f"{SIGN_IN}?next={quote(back, safe='')}"
+    if lacking is not None:
+        target += f"&scope={quote(lacking, safe='')}"
+    headers = [(b"location", target.encode("latin-1")), (b"content-length", b"0")]
+    await send({"type": "http.response.start", "status": 303, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def _deny(send: Send, status: int, message: str) -> None:

@@ -16,6 +16,8 @@ from foretell.monitoring.monitor import Monitor
 from foretell.pipeline import Model, Prediction
 from foretell.pipeline.rows import Rows
 from foretell.repository import Repository
+from foretell.serving.batching import Batcher
+from foretell.serving.workers import all_ready
 
 log = logging.getLogger("foretell.serving")
 
@@ -70,6 +72,8 @@ class DataPlane:
         self.monitor = monitor
         self.states: dict[str, ModelState] = {}
         self._changed = threading.Condition()
+        #: Merges concurrent requests per model (``batching`` in model.yaml, or the CLI's).
+        self.batcher = Batcher()
 
     def load_all(self) -> None:
         """Loads the serving version of every model; a failure marks that model not ready."""
@@ -155,9 +159,10 @@ class DataPlane:
         return state
 
     def ready(self) -> bool:
-        """True when at least one model is served and every model not unloaded is loaded."""
+        """True when at least one model is served, every model not unloaded is loaded and,
+        with ``--workers``, every worker serves."""
         wanted = [s for s in self.states.values() if not s.unloaded]
-        return bool(wanted) and all(s.ready for s in wanted)
+        return bool(wanted) and all(s.ready for s in wanted) and all_ready()
 
     def model(self, name: str, version: str | None = None) -> Model:
         """The loaded model ``name``; ``version`` must be the one served, when given."""
@@ -173,9 +178,25 @@ class DataPlane:
             )
         return state.model
 
-    def predict(self, name: str, rows: Rows, version: str | None = None) -> list[Prediction]:
+    def predict(
+        self,
+        name: str,
+        rows: Rows,
+        version: str | None = None,
+        *,
+        explain: bool = False,
+        confidence: float | None = None,
+    ) -> list[Prediction]:
         with self.using(name, version) as model:
-            return model.predict(rows)
+            return model.predict(rows, explain=explain, confidence=confidence)
+
+    async def predict_async(
+        self, name: str, rows: Rows, version: str | None = None, **options: Any
+    ) -> list[Prediction]:
+        """:meth:`predict` for the transports: through :attr:`batcher`, which may merge the
+        rows with concurrent requests' into one forward pass."""
+        with self.using(name, version) as model:
+            return await self.batcher.predict(model, rows, **options)
 
     def describe(self, name: str) -> dict[str, Any]:
         """A model's spec summary and input schema."""

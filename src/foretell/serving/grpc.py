@@ -26,10 +26,12 @@ import numpy as np
 from foretell.errors import ForetellError, InputFormatError, ModelLoadError, UserError
 from foretell.serving.auth import authorise
 from foretell.serving.keys import KeyStore
+from foretell.serving.limits import Limits
 from foretell.serving.protos import inference_pb2 as pb
 from foretell.serving.protos import inference_pb2_grpc
 from foretell.serving.tensors import Tensor, check_header, from_bytes, from_json, to_bytes
 from foretell.serving.v2 import V2, InferRequest, InferResponse, RequestedOutput
+from foretell.serving.workers import worker_folder
 
 log = logging.getLogger("foretell.serving")
 
@@ -43,6 +45,8 @@ _CODES = {
     403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
     503: grpc.StatusCode.UNAVAILABLE,
 }
 
@@ -72,6 +76,7 @@ def create_grpc_server(
     port: int,
     keys: KeyStore | None = None,
     tls: tuple[bytes, bytes] | None = None,
+    limits: Limits | None = None,
 ) -> grpc.aio.Server:
     """A gRPC server answering the Open Inference Protocol on ``host:port``; not yet started.
 
@@ -82,13 +87,14 @@ def create_grpc_server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            # Without this a second server on a taken port binds too and shares its calls.
-            ("grpc.so_reuseport", 0),
+            # Without this a second server on a taken port binds too and shares its calls;
+            # only the workers of one `serve --workers N` share it on purpose.
+            ("grpc.so_reuseport", 1 if worker_folder() is not None else 0),
         ]
     )
     # protoc writes no types for the grpc module; its one function is called here only.
     add_servicer = inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server
-    add_servicer(InferenceServicer(v2, keys), server)  # type: ignore[no-untyped-call]
+    add_servicer(InferenceServicer(v2, keys, limits), server)  # type: ignore[no-untyped-call]
     address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
     try:
         if tls is None:
@@ -138,14 +144,19 @@ def _answers(method: _Method[_Request, _Response]) -> _Method[_Request, _Respons
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     """``inference.GRPCInferenceService`` over a :class:`V2` data plane."""
 
-    def __init__(self, v2: V2, keys: KeyStore | None = None) -> None:
-        self.v2, self.keys = v2, keys
+    def __init__(self, v2: V2, keys: KeyStore | None = None, limits: Limits | None = None) -> None:
+        self.v2, self.keys, self.limits = v2, keys, limits or Limits(request_timeout=None)
 
     def _allow(self, context: Any, scope: str) -> None:
-        """With API keys on, the call's ``authorization`` metadata must grant ``scope``."""
+        """With API keys on, the call's ``authorization`` metadata must grant ``scope``; with a
+        rate limit, the caller (its key, or its address) must be within its rate."""
+        caller = f"client {context.peer().rpartition(':')[0]}"
         if self.keys is not None:
             metadata = dict(context.invocation_metadata() or ())
-            authorise(self.keys, str(metadata.get("authorization", "")), scope)
+            key = authorise(self.keys, str(metadata.get("authorization", "")), scope)
+            caller = f"key '{key.id}'"
+        if self.limits.rate is not None:
+            self.limits.rate.take(caller)
 
     @_answers
     async def ServerLive(
@@ -278,7 +289,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, message: pb.ModelInferRequest) -> pb.ModelInferResponse:
         request = infer_request(message)
-        response = await asyncio.to_thread(self.v2.infer, request)
+        response = await self.limits.in_time(self.v2.infer(request))
         return infer_response(response)
 
 

@@ -25,9 +25,11 @@ from foretell.monitoring.monitor import Monitor
 from foretell.serving.auth import Authorise
 from foretell.serving.dataplane import DataPlane
 from foretell.serving.keys import KeyStore
+from foretell.serving.limits import EnforceLimits, Limits
 from foretell.serving.openapi import DOCS_PAGE, openapi
 from foretell.serving.rest_v2 import JSON, read_json, v2_routes
-from foretell.serving.v2 import V2
+from foretell.serving.ui import ui_routes
+from foretell.serving.v2 import V2, insight_options
 
 log = logging.getLogger("foretell.serving")
 access = logging.getLogger("foretell.access")
@@ -67,7 +69,10 @@ class RequestMetrics:
             name = scope.get("path_params", {}).get("name")
             if name is not None:
                 model = name if name in self.plane.states else "(unknown)"
-                protocol = "v1" if scope["path"].startswith("/v1/") else "v2"
+                path = scope["path"]
+                protocol = (
+                    "v1" if path.startswith("/v1/") else "ui" if path.startswith("/ui/") else "v2"
+                )
                 metrics = self.plane.metrics
                 metrics.requests.labels(model, protocol, str(status)).inc()
                 seconds = time.perf_counter() - started
@@ -87,7 +92,10 @@ class RequestMetrics:
 
 
 def create_app(
-    plane: DataPlane, max_body_bytes: int = MAX_BODY_BYTES, keys: KeyStore | None = None
+    plane: DataPlane,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    keys: KeyStore | None = None,
+    limits: Limits | None = None,
 ) -> Starlette:
     """The ASGI app serving ``plane``'s models: KServe V1 records and the V2 protocol."""
 
@@ -104,7 +112,7 @@ def create_app(
     async def model(request: Request) -> Response:
         return JSON(plane.describe(request.path_params["name"]))
 
-    async def predict(request: Request) -> Response:
+    async def predict(request: Request, explain: bool = False) -> Response:
         name = request.path_params["name"]
         plane.model(name)  # an unknown model is a 404 before the body is read
         body = await read_json(request, max_body_bytes)
@@ -117,7 +125,8 @@ def create_app(
         if not isinstance(instances, list):
             raise InputFormatError(f'"instances" must be a list; got {type(instances).__name__}')
         plane.check_rows(len(instances))
-        results = await run_in_threadpool(plane.predict, name, instances)
+        options = insight_options(body.get("parameters"), explain)
+        results = await plane.predict_async(name, instances, **options)
         if results:
             log.info(
                 "predicted %d rows with %s v%s",
@@ -131,6 +140,9 @@ def create_app(
                 },
             )
         return JSON({"predictions": [r.to_dict() for r in results]})
+
+    async def explain(request: Request) -> Response:
+        return await predict(request, explain=True)
 
     def _monitor(name: str) -> Monitor:
         plane.model(name)
@@ -212,6 +224,15 @@ def create_app(
 
         return JSON(await run_in_threadpool(back))
 
+    async def posterior(request: Request) -> Response:
+        model = plane.model(request.path_params["name"])
+        level = request.query_params.get("level")
+        try:
+            asked = float(level) if level is not None else None
+        except ValueError:
+            raise InputFormatError(f"level must be a number in (0, 1); got {level!r}") from None
+        return JSON(await run_in_threadpool(online.posterior, model, asked))
+
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(plane.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -245,17 +266,24 @@ def create_app(
         Route("/v2/health/ready", ready),
         Route("/v1/models", models),
         Route("/v1/models/{name:model}:predict", predict, methods=["POST"]),
+        Route("/v1/models/{name:model}:explain", explain, methods=["POST"]),
         Route("/v1/models/{name:model}/feedback", feedback, methods=["POST"]),
         Route("/v1/models/{name:model}/monitoring", monitoring),
         Route("/v1/models/{name:model}/update", update, methods=["POST"]),
         Route("/v1/models/{name:model}/rollback", rollback, methods=["POST"]),
+        Route("/v1/models/{name:model}/posterior", posterior),
         Route("/v1/models/{name:model}", model),
     ]
     return Starlette(
-        routes=[*routes, *v2_routes(V2(plane), max_body_bytes)],
+        routes=[
+            *routes,
+            *v2_routes(V2(plane), max_body_bytes),
+            *ui_routes(plane, max_body_bytes, keys),
+        ],
         middleware=[
             Middleware(RequestMetrics, plane=plane),
             *([Middleware(Authorise, keys=keys)] if keys is not None else []),
+            *([Middleware(EnforceLimits, limits=limits)] if limits is not None else []),
         ],
         exception_handlers={
             ForetellError: foretell_error,

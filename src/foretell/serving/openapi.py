@@ -106,6 +106,29 @@ def openapi(plane: DataPlane) -> dict[str, Any]:
                 "Learn from feedback into a new version", anything, 400, 404, parameters=[name]
             )
         },
+        "/v1/models/{name}/posterior": {
+            "get": _op(
+                "A conjugate model's prior, evidence and posterior",
+                anything,
+                400,
+                404,
+                parameters=[
+                    name,
+                    {
+                        "name": "level",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "number",
+                            "minimum": 0,
+                            "maximum": 1,
+                            "exclusiveMinimum": True,
+                            "exclusiveMaximum": True,
+                        },
+                    },
+                ],
+            )
+        },
         "/v1/models/{name}/rollback": {
             "post": _op("Serve the previous version again", anything, 400, 404, parameters=[name])
         },
@@ -113,7 +136,9 @@ def openapi(plane: DataPlane) -> dict[str, Any]:
             "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "OK"}}}
         },
         "/v2": {"get": _op("Server metadata", anything)},
-        "/v2/repository/index": {"post": _op("Every model with its state", anything)},
+        "/v2/repository/index": {
+            "post": _op("Every model with its state", {"type": "array", "items": anything})
+        },
         "/v2/repository/models/{name}/load": {
             "post": _op("Load or reload a model", anything, 404, 503, parameters=[name])
         },
@@ -194,9 +219,11 @@ def openapi(plane: DataPlane) -> dict[str, Any]:
                             },
                         ]
                     },
-                }
+                },
+                "parameters": INSIGHT_PARAMETERS,
             },
         }
+        request = {"required": True, "content": {"application/json": {"schema": body}}}
         paths[f"/v1/models/{spec.name}:predict"] = {
             "post": _op(
                 f"Predict with {spec.name} ({spec.task})",
@@ -206,7 +233,19 @@ def openapi(plane: DataPlane) -> dict[str, Any]:
                 413,
                 503,
                 description=spec.description,
-                requestBody={"required": True, "content": {"application/json": {"schema": body}}},
+                requestBody=request,
+            )
+        }
+        paths[f"/v1/models/{spec.name}:explain"] = {
+            "post": _op(
+                f"Predict with {spec.name}, each result with its feature attributions",
+                anything,
+                400,
+                404,
+                413,
+                503,
+                description=":predict with parameter explain true (see docs/insight.md).",
+                requestBody=request,
             )
         }
     return {
@@ -225,6 +264,23 @@ def _schema_name(model: str) -> str:
     return "".join(
         part.capitalize() for part in model.replace("_", "-").replace(".", "-").split("-")
     )
+
+
+#: The V1 request parameters that add insight to each result (see docs/insight.md).
+INSIGHT_PARAMETERS: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "explain": {"type": "boolean", "description": "Add feature attributions (SHAP)."},
+        "confidence": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
+            "exclusiveMinimum": True,
+            "exclusiveMaximum": True,
+            "description": "Add a conformal interval or label set at this level, e.g. 0.9.",
+        },
+    },
+}
 
 
 DOCS_PAGE = """<!doctype html>

@@ -206,7 +206,7 @@ def v2_routes(v2: V2, limit: int) -> list[Route]:
         v2.plane.model(name, version)  # unknown or unready models fail before the body is read
         body = await read_body(request, limit)
         infer_request = parse_infer(body, request.headers.get(HEADER_LENGTH), name, version)
-        response = await run_in_threadpool(v2.infer, infer_request)
+        response = await v2.infer(infer_request)
         return render_infer(infer_request, response)
 
     async def index(request: Request) -> Response:

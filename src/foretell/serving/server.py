@@ -13,7 +13,9 @@ import uvicorn
 from foretell.serving.dataplane import DataPlane
 from foretell.serving.http import create_app
 from foretell.serving.keys import KeyStore
+from foretell.serving.limits import Limits, header_deadline
 from foretell.serving.v2 import V2
+from foretell.serving.workers import mark_ready, shared_socket
 
 log = logging.getLogger("foretell.serving")
 
@@ -28,11 +30,13 @@ async def serve(
     log_config: dict[str, Any] | None = None,
     keys: KeyStore | None = None,
     tls: tuple[Path, Path] | None = None,
+    limits: Limits | None = None,
 ) -> None:
     """Serves until SIGTERM or SIGINT, then stops accepting and lets in-flight requests finish
     (at most ``grace_seconds``) on both transports before returning."""
+    limits = limits or Limits()
     config = uvicorn.Config(
-        create_app(plane, keys=keys),
+        create_app(plane, keys=keys, limits=limits),
         host=host,
         port=port,
         log_level=log_level.lower(),
@@ -41,6 +45,7 @@ async def serve(
         log_config=log_config,
         ssl_certfile=str(tls[0]) if tls else None,
         ssl_keyfile=str(tls[1]) if tls else None,
+        http=header_deadline(limits.request_timeout) if limits.request_timeout else "auto",
     )
     http = uvicorn.Server(config)
     grpc_server = None
@@ -48,7 +53,7 @@ async def serve(
         from foretell.serving.grpc import create_grpc_server
 
         pem = (tls[1].read_bytes(), tls[0].read_bytes()) if tls else None
-        grpc_server = create_grpc_server(V2(plane), host, grpc_port, keys, pem)
+        grpc_server = create_grpc_server(V2(plane), host, grpc_port, keys, pem, limits)
         await grpc_server.start()
         log.info("gRPC serving on %s:%d", host, grpc_port)
     # uvicorn re-raises the signal it caught once it has drained; a no-op handler lets the
@@ -62,9 +67,18 @@ async def serve(
         if grpc_server is not None:
             await grpc_server.stop(grace_seconds)
 
+    async def mark_ready_once_serving() -> None:
+        while not http.started and not http.should_exit:
+            await asyncio.sleep(0.02)
+        if http.started:
+            mark_ready()
+
     watcher = asyncio.create_task(stop_grpc_on_exit())
+    marker = asyncio.create_task(mark_ready_once_serving())
+    shared = shared_socket()  # a worker accepts on its supervisor's socket
     try:
-        await http.serve()
+        await http.serve(sockets=[shared] if shared is not None else None)
     finally:
         http.should_exit = True
         await watcher
+        await marker

@@ -9,7 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from foretell.errors import InputFormatError
+from foretell.errors import InputFormatError, TooLargeError
+
+#: The most dimensions a tensor may have (foretell's models take one or two).
+MAX_DIMENSIONS = 8
+#: The most elements one tensor may claim: no tensor that fits in a 64 MiB message has more,
+#: and a shape claiming more is refused before anything is allocated for it.
+MAX_ELEMENTS = 64 * 1024 * 1024
 
 #: Open Inference Protocol datatype -> numpy dtype (little-endian); BYTES is an object array.
 DATATYPES: dict[str, np.dtype[Any]] = {
@@ -52,6 +58,16 @@ def check_header(name: str, datatype: Any, shape: Any) -> tuple[str, list[int]]:
         raise InputFormatError(
             f"input '{name}' needs a shape of non-negative integers; got {shape!r}"
         )
+    if len(shape) > MAX_DIMENSIONS:
+        raise InputFormatError(
+            f"input '{name}' has {len(shape)} dimensions; at most {MAX_DIMENSIONS} are allowed"
+        )
+    elements = math.prod(shape)
+    if elements > MAX_ELEMENTS:
+        raise TooLargeError(
+            f"input '{name}' has shape {list(shape)}, so {elements} elements; a tensor may have "
+            f"at most {MAX_ELEMENTS}"
+        )
     return str(datatype), [int(d) for d in shape]
 
 
@@ -79,13 +95,20 @@ def from_json(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarr
 
 
 def _flatten(data: Any) -> list[Any]:
+    """Nested lists as one list in row-major order; a loop, not recursion, so that any depth
+    of nesting is safe."""
     if not isinstance(data, list):
         return [data]
-    if not data or not isinstance(data[0], list):
-        return data
     flat: list[Any] = []
-    for item in data:
-        flat.extend(_flatten(item))
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            stack.pop()
     return flat
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 import foretell
 from foretell.errors import InputFormatError, NotFoundError
+from foretell.insight.conformal import check_confidence
 from foretell.pipeline import Prediction
 from foretell.repository.spec import Feature, ModelSpec
 from foretell.runtimes.base import UPLIFT_OUTPUTS
@@ -77,6 +78,22 @@ class InferResponse:
         return body
 
 
+def insight_options(parameters: Any, explain: bool = False) -> dict[str, Any]:
+    """The ``explain`` and ``confidence`` a request's parameters ask for (others are ignored):
+    keyword arguments for :meth:`DataPlane.predict`. ``explain`` is the default of the verb."""
+    if parameters is None:
+        parameters = {}
+    if not isinstance(parameters, dict):
+        raise InputFormatError(f'"parameters" must be an object; got {type(parameters).__name__}')
+    asked = parameters.get("explain", explain)
+    if not isinstance(asked, bool):
+        raise InputFormatError(f"parameter 'explain' must be true or false; got {asked!r}")
+    confidence = parameters.get("confidence")
+    if confidence is not None:
+        confidence = check_confidence(confidence)
+    return {"explain": asked, "confidence": confidence}
+
+
 def takes_rows(spec: ModelSpec) -> bool:
     """Whether the model advertises one 2-D FP64 tensor of rows (all-numeric inputs)."""
     return all(f.dtype in _FEATURE_TYPES for f in spec.inputs)
@@ -120,6 +137,7 @@ class V2:
 
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
+        self._metadata: dict[str, tuple[ModelSpec, dict[str, dict[str, Any]]]] = {}
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": "foretell", "version": foretell.__version__, "extensions": EXTENSIONS}
@@ -143,12 +161,13 @@ class V2:
             return False
         return True
 
-    def infer(self, request: InferRequest) -> InferResponse:
+    async def infer(self, request: InferRequest) -> InferResponse:
         for tensor in request.inputs:
             self.plane.check_rows(tensor.shape[0] if tensor.shape else 1)
         with self.plane.using(request.model, request.version) as model:
             rows = self._rows(model.spec, request.inputs)
-            results = model.predict(rows)
+            options = insight_options(request.parameters)
+            results = await self.plane.batcher.predict(model, rows, **options)
             outputs = self._outputs(model.spec, results, request.outputs)
         return InferResponse(model.name, model.version, outputs, request.id)
 
@@ -185,18 +204,88 @@ class V2:
             columns[tensor.name] = _column(feature, tensor)
         return columns
 
+    def _available(self, spec: ModelSpec) -> dict[str, dict[str, Any]]:
+        """The outputs of a spec by name, worked out once per loaded spec, not per request."""
+        cached = self._metadata.get(spec.name)
+        if cached is None or cached[0] is not spec:
+            cached = self._metadata[spec.name] = (
+                spec,
+                {m["name"]: m for m in output_metadata(spec)},
+            )
+        return cached[1]
+
     def _outputs(
         self, spec: ModelSpec, results: list[Prediction], wanted: list[RequestedOutput] | None
     ) -> list[Tensor]:
-        available = {m["name"]: m for m in output_metadata(spec)}
-        names = list(available) if wanted is None else [o.name for o in wanted]
-        unknown = [n for n in names if n not in available]
+        available = self._available(spec)
+        extras = {t.name: t for t in insight_tensors(results)}
+        names = [*available, *extras] if wanted is None else [o.name for o in wanted]
+        unknown = [n for n in names if n not in available and n not in extras]
         if unknown:
             raise InputFormatError(
-                f"model '{spec.name}' has no output {unknown[0]!r}; outputs: {list(available)}"
+                f"model '{spec.name}' has no output {unknown[0]!r}; outputs: "
+                f"{[*available, *extras]}"
             )
         params = {o.name: o.parameters for o in wanted or []}
-        return [_output_tensor(spec, available[n], results, params.get(n, {})) for n in names]
+        tensors = []
+        for n in names:
+            if n in extras:
+                extras[n].parameters.update(params.get(n, {}))
+                tensors.append(extras[n])
+            else:
+                tensors.append(_output_tensor(spec, available[n], results, params.get(n, {})))
+        return tensors
+
+
+def insight_tensors(results: list[Prediction]) -> list[Tensor]:
+    """The extra outputs of results that carry explanations or uncertainty (NaN, or an empty
+    set, for rows that were not scored).
+
+    ``base_value`` [rows] and ``attribution`` [rows, inputs] FP64, the inputs' names listed as
+    JSON text in the ``features`` parameter of ``attribution``; ``lower`` and ``upper`` [rows]
+    FP64 (regression) or ``prediction_set`` [rows] BYTES, JSON lists of labels
+    (classification); and ``confidence`` [rows] FP64, the level used.
+    """
+    n, nan = len(results), float("nan")
+    tensors = []
+    explained = next((r.explanation for r in results if r.explanation), None)
+    if explained is not None:
+        names = list(explained["attributions"])
+        base = [r.explanation["base_value"] if r.explanation else nan for r in results]
+        attributions = [
+            [r.explanation["attributions"][f] for f in names]
+            if r.explanation
+            else [nan] * len(names)
+            for r in results
+        ]
+        tensors += [
+            Tensor("base_value", "FP64", [n], np.array(base, dtype=np.float64)),
+            Tensor(
+                "attribution",
+                "FP64",
+                [n, len(names)],
+                np.array(attributions, dtype=np.float64).reshape(n, len(names)),
+                {"features": json.dumps(names)},
+            ),
+        ]
+    uncertain = next((r.uncertainty for r in results if r.uncertainty), None)
+    if uncertain is not None:
+        if "interval" in uncertain:
+            bounds = [r.uncertainty["interval"] if r.uncertainty else [nan, nan] for r in results]
+            pairs = np.array(bounds, dtype=np.float64).reshape(n, 2)
+            tensors += [
+                Tensor("lower", "FP64", [n], pairs[:, 0].copy()),
+                Tensor("upper", "FP64", [n], pairs[:, 1].copy()),
+            ]
+        else:
+            sets = np.empty(n, dtype=object)
+            sets[:] = [
+                json.dumps(r.uncertainty["set"] if r.uncertainty else []).encode() for r in results
+            ]
+            tensors.append(Tensor("prediction_set", "BYTES", [n], sets))
+        levels = [r.uncertainty["confidence"] if r.uncertainty else nan for r in results]
+        tensors.append(Tensor("confidence", "FP64", [n], np.array(levels, dtype=np.float64)))
+    return tensors
 
 
 def _text(value: Any) -> Any:

@@ -1,0 +1,646 @@
+#!/usr/bin/env python3
+"""Real-time serving benchmark: foretell against MLServer and BentoML on the same model.
+
+One command, everything in a temporary folder that is deleted at the end::
+
+    .venv/bin/python bench/serving.py                      # 3 repeats of 5 s per load
+    .venv/bin/python bench/serving.py --repeat 3 --duration 10
+    .venv/bin/python bench/serving.py --no-peers --only foretell   # foretell's configurations
+
+What it does:
+
+1. installs what is missing: ``wrk`` (apt-get), MLServer 1.7 with its scikit-learn runtime into
+   ``bench/.venv-mlserver``, BentoML into ``bench/.venv-bentoml`` (git-ignored; a peer that
+   does not install is reported and skipped);
+2. builds the ``breast-cancer`` example (gradient boosting, 100 trees of depth 2, 30 float
+   inputs): version 1 is the scikit-learn estimator (skops), version 2 the same estimator
+   converted to ONNX. The very same fitted estimator is written with joblib for the peers;
+3. serves it in each configuration of :data:`CONFIGS`, one at a time, and drives identical
+   Open Inference Protocol (V2) JSON load with ``wrk``: 1-row requests at 1, 8 and 32
+   connections, 32-row requests at 8 connections, ``--repeat`` runs of ``--duration`` s each
+   after a warm-up; then the same over gRPC with a ``tritonclient.grpc.aio`` load script
+   (Triton's ``perf_analyzer`` is not on PyPI as a binary) for the servers that speak gRPC;
+4. measures the ceilings: in-process predictions of the same model (onnxruntime alone, the
+   scikit-learn estimator alone, and foretell's whole pipeline) and the requests/s of a no-op
+   route (``GET /v2/health/live``) on foretell's own HTTP stack, at 32 connections;
+5. prints Markdown tables: per server and load the median requests/s (min-max), rows/s, p50
+   and p99 latency (medians) and errors; foretell / peer ratios from this run; the ceilings.
+
+Every server gets the same body; each answers with its own default outputs (foretell: label,
+probabilities, decision and a prediction id per row; MLServer: ``predict``; BentoML: the
+probabilities). foretell's default configuration also writes every prediction to its
+prediction log (SQLite), which the peers do not have; ``--no-monitoring`` rows show the cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MODEL = "breast-cancer"
+HERE = Path(__file__).resolve().parent
+MLSERVER_VENV = HERE / ".venv-mlserver"
+BENTOML_VENV = HERE / ".venv-bentoml"
+#: (rows per request, connections) of each load.
+LOADS = [(1, 1), (1, 8), (1, 32), (32, 8)]
+
+#: name -> (server kind, options). foretell options are `foretell serve` flags; ``repo`` picks
+#: the repository: ``onnx`` serves version 2, ``sklearn`` version 1, ``compiled`` version 1
+#: with ``compile: onnx``.
+CONFIGS: dict[str, tuple[str, dict[str, object]]] = {
+    "foretell": ("foretell", {"repo": "onnx", "args": []}),
+    "foretell 1 worker": ("foretell", {"repo": "onnx", "args": ["--workers", "1"]}),
+    "foretell no batching": ("foretell", {"repo": "onnx", "args": ["--max-batch-size", "1"]}),
+    "foretell --no-monitoring": ("foretell", {"repo": "onnx", "args": ["--no-monitoring"]}),
+    "foretell sklearn": ("foretell", {"repo": "sklearn", "args": []}),
+    "foretell sklearn compile: onnx": ("foretell", {"repo": "compiled", "args": []}),
+    "MLServer default": ("mlserver", {}),
+    "MLServer no pool + batching": (
+        "mlserver",
+        {"parallel_workers": 0, "max_batch_size": 32, "max_batch_time": 0.002},
+    ),
+    "MLServer 2 workers + batching": (
+        "mlserver",
+        {"parallel_workers": 2, "max_batch_size": 32, "max_batch_time": 0.002},
+    ),
+    "BentoML 1 worker": ("bentoml", {"workers": 1}),
+    "BentoML 2 workers": ("bentoml", {"workers": 2}),
+}
+
+BENTO_SERVICE = """
+import os
+import joblib
+import numpy as np
+import bentoml
+
+
+@bentoml.service(workers=int(os.environ["BENCH_WORKERS"]))
+class BreastCancer:
+    def __init__(self) -> None:
+        self.model = joblib.load(os.environ["BENCH_MODEL"])
+
+    @bentoml.api(route="/v2/models/breast-cancer/infer")
+    def infer(self, inputs: list[dict]) -> dict:
+        tensor = inputs[0]
+        x = np.asarray(tensor["data"], dtype=np.float64).reshape(tensor["shape"])
+        p = self.model.predict_proba(x)
+        return {"model_name": "breast-cancer", "outputs": [{"name": "probabilities",
+                "datatype": "FP64", "shape": list(p.shape), "data": p.ravel().tolist()}]}
+"""
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open(os.getenv("BENCH_BODY"), "r")
+wrk.body = f:read("*a")
+f:close()
+"""
+
+
+class BenchError(Exception):
+    """A step of the benchmark failed; the message says which and why."""
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- installing --------------------------------------------------------------------------
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    say("installing wrk (apt-get install -y wrk)")
+    subprocess.run(["apt-get", "install", "-y", "wrk"], check=False, capture_output=True)
+    if not shutil.which("wrk"):
+        subprocess.run(["apt-get", "update"], check=False, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "wrk"], check=False, capture_output=True)
+    found = shutil.which("wrk")
+    if not found:
+        raise BenchError("wrk is not installed and apt-get could not install it")
+    return found
+
+
+def ensure_venv(venv: Path, executable: str, packages: list[str]) -> Path | None:
+    """``venv/bin/executable``, installing ``packages`` there first if needed; None if not."""
+    target = venv / "bin" / executable
+    if target.exists():
+        return target
+    say(f"installing {' '.join(packages)} into {venv}")
+    try:
+        if not (venv / "bin" / "python").exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+        subprocess.run([*pip, "--disable-pip-version-check", *packages], check=True, timeout=1200)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+        say(f"could not install {packages[0]} ({exc}); going on without it")
+        return None
+    return target if target.exists() else None
+
+
+# --- the model and the bodies --------------------------------------------------------------
+
+
+def prepare(folder: Path) -> dict[str, Path]:
+    """Repositories for foretell, the joblib file for the peers, and the request bodies."""
+    import joblib
+    import skops.io as sio
+    from sklearn.datasets import load_breast_cancer
+
+    from foretell.examples import build_examples
+
+    onnx = folder / "onnx"
+    build_examples(onnx, only=[MODEL])
+    sklearn = folder / "sklearn"
+    shutil.copytree(onnx, sklearn)
+    shutil.rmtree(sklearn / MODEL / "2")
+    compiled = folder / "compiled"
+    shutil.copytree(sklearn, compiled)
+    with (compiled / MODEL / "1" / "model.yaml").open("a") as spec:
+        spec.write("compile: onnx\n")
+    skops_file = sklearn / MODEL / "1" / "model.skops"
+    estimator = sio.load(skops_file, trusted=sio.get_untrusted_types(file=skops_file))
+    joblib.dump(estimator, folder / "model.joblib")
+    data = load_breast_cancer().data
+    paths = {"onnx": onnx, "sklearn": sklearn, "compiled": compiled}
+    for rows in {r for r, _ in LOADS}:
+        body = {
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": "FP64",
+                    "shape": [rows, 30],
+                    "data": data[:rows].ravel().tolist(),
+                }
+            ]
+        }
+        paths[f"body{rows}"] = folder / f"body{rows}.json"
+        paths[f"body{rows}"].write_text(json.dumps(body))
+    paths["lua"] = folder / "post.lua"
+    paths["lua"].write_text(WRK_SCRIPT)
+    paths["joblib"] = folder / "model.joblib"
+    return paths
+
+
+# --- servers -------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """A server process of one configuration, on free ports."""
+
+    name: str
+    command: list[str]
+    cwd: Path
+    ready_url: str
+    infer_url: str
+    grpc: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    start_seconds: float = 0.0
+
+    def start(self, timeout: float = 180.0) -> None:
+        log = (self.cwd / "server.log").open("wb")
+        started = time.perf_counter()
+        self.process = subprocess.Popen(
+            self.command,
+            cwd=self.cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1", **self.env},
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BenchError(f"{self.name} exited at start:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.ready_url, timeout=1) as answer:
+                    if answer.status == 200:
+                        self.start_seconds = time.perf_counter() - started
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise BenchError(f"{self.name} was not ready within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        lines = (self.cwd / "server.log").read_text(errors="replace").splitlines()
+        return "\n".join("    " + line for line in lines[-15:])
+
+    def rss_mib(self) -> list[float]:
+        """The resident memory of each process of the server's tree, in MiB."""
+        if self.process is None:
+            return []
+        sizes, todo, seen = [], [self.process.pid], set()
+        while todo:
+            pid = todo.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmRSS:"):
+                    sizes.append(int(line.split()[1]) / 1024)
+        return sizes
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def make_server(
+    name: str, kind: str, options: dict[str, object], paths: dict[str, Path], work: Path
+) -> Server | None:
+    folder = work / re.sub(r"[^a-z0-9]+", "-", name.lower())
+    folder.mkdir()
+    port, grpc = free_port(), free_port()
+    base = f"http://127.0.0.1:{port}"
+    infer = f"{base}/v2/models/{MODEL}/infer"
+    if kind == "foretell":
+        repo = paths[str(options["repo"])]
+        args = [str(a) for a in options["args"]]  # type: ignore[attr-defined]
+        command = [sys.executable, "-m", "foretell", "serve", "--repository", str(repo)]
+        command += ["--port", str(port), "--grpc-port", str(grpc), "--log-level", "warning"]
+        return Server(name, [*command, *args], folder, f"{base}/v2/health/ready", infer, grpc)
+    if kind == "mlserver":
+        mlserver = ensure_venv(MLSERVER_VENV, "mlserver", MLSERVER_PACKAGES)
+        if mlserver is None:
+            return None
+        settings = {
+            "http_port": port,
+            "grpc_port": grpc,
+            "metrics_port": free_port(),
+            "parallel_workers": options.get("parallel_workers", 1),
+            "debug": False,
+        }
+        (folder / "settings.json").write_text(json.dumps(settings))
+        model = {
+            "name": MODEL,
+            "implementation": "mlserver_sklearn.SKLearnModel",
+            "parameters": {"uri": str(paths["joblib"])},
+        }
+        for key in ("max_batch_size", "max_batch_time"):
+            if key in options:
+                model[key] = options[key]
+        (folder / "model-settings.json").write_text(json.dumps(model))
+        ready = f"{base}/v2/models/{MODEL}/ready"
+        return Server(name, [str(mlserver), "start", str(folder)], folder, ready, infer, grpc)
+    bentoml = ensure_venv(BENTOML_VENV, "bentoml", ["bentoml", "scikit-learn", "joblib"])
+    if bentoml is None:
+        return None
+    (folder / "service.py").write_text(BENTO_SERVICE)
+    env = {"BENCH_MODEL": str(paths["joblib"]), "BENCH_WORKERS": str(options["workers"])}
+    command = [str(bentoml), "serve", "service:BreastCancer", "--port", str(port)]
+    return Server(name, command, folder, f"{base}/readyz", infer, None, env)
+
+
+#: MLServer 1.7's inference workers fail with uvloop 0.22 ("There is no current event loop").
+MLSERVER_PACKAGES = ["mlserver", "mlserver-sklearn", "uvloop<0.22"]
+
+
+# --- load ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One load run: requests/s, latency percentiles in ms, and errors."""
+
+    rps: float
+    p50: float
+    p99: float
+    errors: int
+
+
+def wrk(wrk_path: str, url: str, lua: Path, body: Path, connections: int, seconds: float) -> Run:
+    command = [wrk_path, "-t1", f"-c{connections}", f"-d{round(seconds)}s", "--latency"]
+    if body.name != "none":
+        command += ["-s", str(lua)]
+    out = subprocess.run(
+        [*command, url],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BENCH_BODY": str(body)},
+        timeout=seconds + 60,
+    ).stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if rps is None:
+        raise BenchError(f"wrk gave no result:\n{out}")
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors += int(bad.group(1)) if bad else 0
+    return Run(float(rps.group(1)), _percentile(out, "50%"), _percentile(out, "99%"), errors)
+
+
+def _percentile(out: str, which: str) -> float:
+    found = re.search(rf"^\s+{re.escape(which)}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    if found is None:
+        return float("nan")
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[found.group(2)]
+    return float(found.group(1)) * scale
+
+
+def grpc_load(address: str, rows: int, concurrency: int, seconds: float) -> Run:
+    """Closed-loop gRPC load with ``concurrency`` callers of ``tritonclient.grpc.aio``."""
+    import numpy as np
+    import tritonclient.grpc.aio as triton
+    from sklearn.datasets import load_breast_cancer
+
+    x = np.ascontiguousarray(load_breast_cancer().data[:rows])
+
+    async def main() -> Run:
+        client = triton.InferenceServerClient(address)
+        latencies: list[float] = []
+        errors = 0
+        stop = time.perf_counter() + seconds
+
+        async def caller() -> None:
+            nonlocal errors
+            while time.perf_counter() < stop:
+                tensor = triton.InferInput("input", list(x.shape), "FP64")
+                tensor.set_data_from_numpy(x)
+                began = time.perf_counter()
+                try:
+                    await client.infer(MODEL, [tensor])
+                    latencies.append(time.perf_counter() - began)
+                except Exception:  # counted, like wrk's non-2xx answers
+                    errors += 1
+
+        began = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - began
+        await client.close()
+        ms = sorted(v * 1000 for v in latencies) or [float("nan")]
+        p99 = ms[min(len(ms) - 1, int(0.99 * len(ms)))]
+        return Run(len(latencies) / elapsed, statistics.median(ms), p99, errors)
+
+    return asyncio.run(main())
+
+
+# --- ceilings ------------------------------------------------------------------------------
+
+
+def ceilings(paths: dict[str, Path]) -> dict[str, float]:
+    """Rows/s of in-process predictions of the same model, 1-row and 32-row calls."""
+    import joblib
+    import numpy as np
+    import onnxruntime as ort
+    from sklearn.datasets import load_breast_cancer
+
+    from foretell.pipeline import Model
+
+    data = load_breast_cancer().data
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    onnx_path = paths["onnx"] / MODEL / "2" / "model.onnx"
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    estimator = joblib.load(paths["joblib"])
+    model = Model.from_folder(paths["onnx"] / MODEL / "2")
+    calls: dict[str, Callable[[np.ndarray], object]] = {
+        "onnxruntime session.run": lambda x: session.run(
+            ["probabilities"], {name: x.astype(np.float32)}
+        ),
+        "scikit-learn predict_proba": estimator.predict_proba,
+        "foretell Model.predict (whole pipeline)": model.predict,
+    }
+    result = {}
+    for label, call in calls.items():
+        for rows in (1, 32):
+            x = np.ascontiguousarray(data[:rows])
+            for _ in range(50):
+                call(x)
+            n, began = 0, time.perf_counter()
+            while time.perf_counter() - began < 1.0:
+                call(x)
+                n += 1
+            result[f"{label}, {rows}-row calls"] = n * rows / (time.perf_counter() - began)
+    return result
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    server: str
+    protocol: str
+    rows: int
+    connections: int
+    runs: list[Run]
+
+    @property
+    def rps(self) -> float:
+        return statistics.median(r.rps for r in self.runs)
+
+    def row(self) -> str:
+        rps = [r.rps for r in self.runs]
+        p50 = statistics.median(r.p50 for r in self.runs)
+        p99 = statistics.median(r.p99 for r in self.runs)
+        errors = sum(r.errors for r in self.runs)
+        return (
+            f"| {self.server} | {self.protocol} | {self.rows} | {self.connections} | "
+            f"{self.rps:,.0f} ({min(rps):,.0f}-{max(rps):,.0f}) | {self.rps * self.rows:,.0f} | "
+            f"{p50:.2f} | {p99:.2f} | {errors} |"
+        )
+
+
+def measure(
+    server: Server, args: argparse.Namespace, wrk_path: str, paths: dict[str, Path]
+) -> list[Result]:
+    results = []
+    warm = paths["body1"]
+    wrk(wrk_path, server.infer_url, paths["lua"], warm, 8, min(args.duration, 3))
+    for rows, connections in LOADS:
+        runs = [
+            wrk(
+                wrk_path,
+                server.infer_url,
+                paths["lua"],
+                paths[f"body{rows}"],
+                connections,
+                args.duration,
+            )
+            for _ in range(args.repeat)
+        ]
+        results.append(Result(server.name, "REST", rows, connections, runs))
+        say(results[-1].row())
+    if server.grpc is not None and not args.no_grpc:
+        for rows, connections in LOADS:
+            runs = [
+                grpc_load(f"127.0.0.1:{server.grpc}", rows, connections, args.duration)
+                for _ in range(args.repeat)
+            ]
+            results.append(Result(server.name, "gRPC", rows, connections, runs))
+            say(results[-1].row())
+    return results
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    load = os.getloadavg()
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{platform.platform()}; load average at the start {load[0]:.1f}"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3, help="runs per load (median shown)")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per run")
+    parser.add_argument("--no-peers", action="store_true", help="foretell only")
+    parser.add_argument("--no-grpc", action="store_true", help="REST only")
+    parser.add_argument(
+        "--only", action="append", default=[], help="configurations whose name starts so"
+    )
+    args = parser.parse_args()
+    wrk_path = ensure_wrk()
+    chosen = {
+        name: config
+        for name, config in CONFIGS.items()
+        if (not args.no_peers or config[0] == "foretell")
+        and (not args.only or any(name.startswith(o) for o in args.only))
+    }
+    print(f"Machine: {machine()}\n")
+    results: list[Result] = []
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="foretell-bench-") as tmp:
+        work = Path(tmp)
+        say("building the model and the bodies")
+        paths = prepare(work)
+        noop = None
+        for name, (kind, options) in chosen.items():
+            server = make_server(name, kind, options, paths, work)
+            if server is None:
+                notes.append(f"{name}: not installed, skipped")
+                continue
+            say(f"--- {name}: {' '.join(server.command)}")
+            try:
+                server.start()
+                rss_before = server.rss_mib()
+                results += measure(server, args, wrk_path, paths)
+                rss = server.rss_mib()
+                notes.append(
+                    f"{name}: ready {server.start_seconds:.1f} s after start; RSS per process "
+                    f"after the load {', '.join(f'{r:.0f}' for r in rss)} MiB "
+                    f"(before: {', '.join(f'{r:.0f}' for r in rss_before)})"
+                )
+                if name == "foretell":
+                    live = server.ready_url.replace("/ready", "/live")
+                    runs = [
+                        wrk(wrk_path, live, paths["lua"], Path("none"), 32, args.duration)
+                        for _ in range(args.repeat)
+                    ]
+                    noop = Result("foretell GET /v2/health/live", "REST", 0, 32, runs)
+            except BenchError as exc:
+                notes.append(f"{name}: failed: {exc}")
+                say(f"{name} failed: {exc}")
+            finally:
+                server.stop()
+        ceiling = ceilings(paths)
+    report(results, ceiling, noop, notes)
+    return 0
+
+
+def report(
+    results: list[Result], ceiling: dict[str, float], noop: Result | None, notes: list[str]
+) -> None:
+    print(
+        "| server | protocol | rows/request | connections | requests/s (min-max) | rows/s "
+        "| p50 ms | p99 ms | errors |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    for result in results:
+        print(result.row())
+    print("\nRatios, foretell configurations / the best peer configuration of this run:\n")
+    print("| foretell configuration | protocol | load | requests/s ratio | p99 ratio | best peer |")
+    print("|---|---|---|---:|---:|---|")
+    keys = sorted({(r.protocol, r.rows, r.connections) for r in results})
+    for protocol, rows, connections in keys:
+        same = [
+            r
+            for r in results
+            if (r.protocol, r.rows, r.connections) == (protocol, rows, connections)
+        ]
+        peers = [r for r in same if not r.server.startswith("foretell")]
+        if not peers:
+            continue
+        best = max(peers, key=lambda r: r.rps)
+        best_p99 = statistics.median(r.p99 for r in best.runs)
+        for ours in (r for r in same if r.server.startswith("foretell")):
+            p99 = statistics.median(r.p99 for r in ours.runs)
+            print(
+                f"| {ours.server} | {protocol} | {rows} row x {connections} conn | "
+                f"{ours.rps / best.rps:.2f}x | {p99 / best_p99:.2f}x | {best.server} |"
+            )
+    print("\nCeilings:\n")
+    for label, rows_per_s in ceiling.items():
+        print(f"- in-process {label}: {rows_per_s:,.0f} rows/s")
+    if noop is not None:
+        print(f"- no-op route on foretell's HTTP stack: {noop.rps:,.0f} requests/s at 32 conn")
+        ones = [
+            r
+            for r in results
+            if (r.server, r.protocol, r.rows, r.connections) == ("foretell", "REST", 1, 32)
+        ]
+        if ones:
+            print(
+                "- foretell 1-row requests/s at 32 connections / no-op: "
+                f"{ones[0].rps / noop.rps:.0%}"
+            )
+    print("\nNotes:\n")
+    for note in notes:
+        print(f"- {note}")
+    print(f"- load average at the end: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,248 @@
+"""Adaptive batching: concurrent requests to one model merge into one forward pass.
+
+Each model (and each set of prediction options, such as ``explain``) has a queue on the
+server's event loop. A queue sends its waiting requests to the model as one batch when they
+hold ``max_batch_size`` rows, or when the model is idle and the oldest has waited
+``max_wait_ms``; while a batch runs, the next one forms. The batch runs in a worker thread,
+and its rows are split back by offset: every caller gets its own rows, prediction ids and
+errors, and a caller whose rows break a rejecting model's schema gets its ValidationError
+without failing the others. With ``max_batch_size`` 1 every request runs alone, at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from foretell.errors import ValidationError
+from foretell.pipeline import Model, Prediction
+from foretell.pipeline.model import Batch
+from foretell.pipeline.rows import Columns, Rows, to_columns
+from foretell.pipeline.validate import in_row_order
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How a model's requests are merged (``batching`` in model.yaml, or ``foretell serve``)."""
+
+    #: The most rows one merged forward pass takes; 1 runs every request alone.
+    max_batch_size: int = 1
+    #: The longest a request waits for others to join its batch, in milliseconds.
+    max_wait_ms: float = 0.0
+
+    @property
+    def merges(self) -> bool:
+        return self.max_batch_size > 1
+
+
+@dataclass
+class _Request:
+    #: Columns, or a (rows, features) array, split into columns once the batch is merged.
+    columns: Columns | np.ndarray
+    future: asyncio.Future[list[Prediction]]
+    arrived: float
+
+
+class Batcher:
+    """Answers predictions through one queue per model and option set.
+
+    ``policy_of`` gives a model's :class:`BatchPolicy`; the server sets it from the spec and
+    its command-line overrides.
+    """
+
+    def __init__(self, override: BatchPolicy | None = None) -> None:
+        self.override = override
+        self._queues: dict[tuple[str, str], _Queue] = {}
+
+    def policy_of(self, model: Model) -> BatchPolicy:
+        """The CLI's policy when one was given, else the spec's, else no merging."""
+        if self.override is not None:
+            return self.override
+        spec = model.spec.batching
+        if spec is None:
+            return BatchPolicy()
+        return BatchPolicy(spec.max_batch_size, spec.max_wait_ms)
+
+    async def predict(self, model: Model, rows: Rows, **options: Any) -> list[Prediction]:
+        """One result per row of ``rows``, scored alone or merged with concurrent requests."""
+        columns = _split_later(rows, model.spec.feature_names)
+        key = (model.name, repr(sorted(options.items())))
+        queue = self._queues.get(key)
+        if queue is None or queue.model is not model:  # new, or the model was reloaded
+            queue = self._queues[key] = _Queue(model, options, self.policy_of(model))
+        loop = asyncio.get_running_loop()
+        request = _Request(columns, loop.create_future(), loop.time())
+        queue.add(request)
+        return await request.future
+
+
+class _Queue:
+    """The waiting requests of one model and option set, and the batch in flight."""
+
+    def __init__(self, model: Model, options: dict[str, Any], policy: BatchPolicy) -> None:
+        self.model, self.options, self.policy = model, options, policy
+        self.waiting: deque[_Request] = deque()
+        self.rows = 0
+        self.busy = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, request: _Request) -> None:
+        if not self.policy.merges:
+            self._start([request])
+            return
+        self.waiting.append(request)
+        self.rows += len(request.columns)
+        self._send()
+
+    def _send(self) -> None:
+        """Starts a batch if one is due; else makes sure a timer will look again."""
+        if self.busy or not self.waiting:
+            return
+        loop = asyncio.get_running_loop()
+        due = self.waiting[0].arrived + self.policy.max_wait_ms / 1000.0
+        if self.rows < self.policy.max_batch_size and loop.time() < due:
+            if self.timer is None:
+                self.timer = loop.call_at(due, self._on_timer)
+            return
+        taken = [self.waiting.popleft()]
+        size = len(taken[0].columns)
+        while self.waiting and size + len(self.waiting[0].columns) <= self.policy.max_batch_size:
+            taken.append(self.waiting.popleft())
+            size += len(taken[-1].columns)
+        self.rows -= size
+        self.busy = True
+        self._start(taken)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        self._send()
+
+    def _start(self, taken: list[_Request]) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(taken))
+        task.add_done_callback(_keep_quiet)
+
+    async def _run(self, taken: list[_Request]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            answers = await loop.run_in_executor(None, self._answer, taken)
+        except BaseException as exc:  # every waiting caller hears of it
+            answers = [exc] * len(taken)
+        finally:
+            if self.policy.merges:
+                self.busy = False
+                self._send()
+        for request, answer in zip(taken, answers, strict=True):
+            if request.future.done():  # the caller went away
+                continue
+            if isinstance(answer, BaseException):
+                request.future.set_exception(answer)
+            else:
+                request.future.set_result(answer)
+
+    def _answer(self, taken: list[_Request]) -> list[list[Prediction] | BaseException]:
+        """Scores the requests as one batch (in a worker thread) and splits the results."""
+        try:
+            return self._split(taken, self._score([r.columns for r in taken]))
+        except Exception as exc:
+            if len(taken) == 1:
+                return [exc]
+        # the merged forward pass failed: run each request alone, so that a row that breaks
+        # the model's own library fails only the request that sent it
+        answers: list[list[Prediction] | BaseException] = []
+        for request in taken:
+            try:
+                answers += self._split([request], self._score([request.columns]))
+            except Exception as exc:
+                answers.append(exc)
+        return answers
+
+    def _score(self, parts: Sequence[Columns | np.ndarray]) -> Batch:
+        rejecting = self.model.spec.on_invalid == "reject"
+        if len(parts) == 1:
+            return self.model.run(parts[0], all_or_nothing=rejecting, **self.options)
+        sizes = [len(p) for p in parts]
+        groups = np.repeat(np.arange(len(parts)), sizes)
+        return self.model.run(
+            concatenate(parts), all_or_nothing=rejecting, groups=groups, **self.options
+        )
+
+    def _split(self, taken: list[_Request], batch: Batch) -> list[list[Prediction] | BaseException]:
+        rejecting = self.model.spec.on_invalid == "reject"
+        answers: list[list[Prediction] | BaseException] = []
+        start = 0
+        for request in taken:
+            stop = start + len(request.columns)
+            part = rows_of(batch, start, stop) if len(taken) > 1 else batch
+            if rejecting and part.violations:
+                answers.append(ValidationError(in_row_order(part.violations)))
+            else:
+                answers.append(part.predictions())
+            start = stop
+        return answers
+
+
+def concatenate(parts: Sequence[Columns | np.ndarray]) -> Columns | np.ndarray:
+    """One batch of the rows of ``parts``, in order (arrays stay arrays when all are)."""
+    arrays = [p for p in parts if isinstance(p, np.ndarray)]
+    if len(arrays) == len(parts):
+        return np.concatenate(arrays)
+    names = next(list(p.values) for p in parts if isinstance(p, Columns))
+    split = [p if isinstance(p, Columns) else to_columns(p, names) for p in parts]
+    merged: dict[str, Any] = {}
+    for name in names:
+        columns = [p.values[name] for p in split]
+        if all(isinstance(c, np.ndarray) for c in columns):
+            merged[name] = np.concatenate(columns)
+        else:
+            merged[name] = list(
+                itertools.chain.from_iterable(
+                    c.tolist() if isinstance(c, np.ndarray) else c for c in columns
+                )
+            )
+    return Columns(merged, sum(len(p) for p in parts))
+
+
+def _split_later(rows: Rows, names: list[str]) -> Columns | np.ndarray:
+    """``rows`` as columns, or as they are when they are a numeric (rows, features) array
+    (concatenating those is cheaper than concatenating columns)."""
+    if (
+        isinstance(rows, np.ndarray)
+        and rows.ndim == 2
+        and rows.shape[1] == len(names)
+        and rows.dtype.kind in "fiu"  # bools stay columns: a float feature refuses them
+    ):
+        return rows
+    return to_columns(rows, names)  # a malformed body fails its own request alone
+
+
+def rows_of(batch: Batch, start: int, stop: int) -> Batch:
+    """The rows ``start:stop`` of a scored batch, numbered from 0 as their request sent them."""
+    lo, hi = np.searchsorted(batch.usable, [start, stop])
+    violations = {
+        row - start: [dataclasses.replace(v, row=row - start) for v in found]
+        for row, found in batch.violations.items()
+        if start <= row < stop
+    }
+    return dataclasses.replace(
+        batch,
+        length=stop - start,
+        usable=batch.usable[lo:hi] - start,
+        outputs={name: values[lo:hi] for name, values in batch.outputs.items()},
+        decisions=batch.decisions[lo:hi],
+        violations=violations,
+        prediction_ids=batch.prediction_ids[start:stop],
+        inputs={name: values[start:stop] for name, values in batch.inputs.items()},
+    )
+
+
+def _keep_quiet(task: asyncio.Task[None]) -> None:
+    """Marks a batch task's exception as seen: its callers already received it."""
+    if not task.cancelled():
+        task.exception()

@@ -1,0 +1,225 @@
+"""Limits on callers and requests: per-caller rate limits, request time limits, slow clients.
+
+A :class:`RateLimiter` keeps a token bucket per caller: per API key when keys are on (keyed by
+the key's id, never its secret), per client address otherwise. A caller over its rate is
+answered 429 with ``Retry-After`` (gRPC ``RESOURCE_EXHAUSTED``). Health checks are exempt, so a
+load balancer never sees a throttled server as down.
+
+A request that is not answered within ``request_timeout`` seconds, counting from when its
+headers arrived, is answered 504 (gRPC ``DEADLINE_EXCEEDED``). Python cannot stop a thread, so
+a model still computing goes on in its worker thread and its result is dropped; the timeout
+frees the caller, not the CPU. A client that takes longer than the same limit to send its
+request headers is disconnected (:class:`HeaderDeadline`): slow clients hold a socket for at
+most that long and never hold a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from foretell.errors import ForetellError, RateLimitedError, RequestTimeoutError
+
+#: Paths never rate limited: load balancers and orchestrators poll them.
+EXEMPT = frozenset({"/v2/health/live", "/v2/health/ready"})
+#: The default of ``foretell serve --request-timeout``, in seconds.
+REQUEST_TIMEOUT = 30.0
+
+_T = TypeVar("_T")
+
+
+class RateLimiter:
+    """A token bucket per caller: ``rate`` requests per second, bursts of up to ``burst``."""
+
+    #: Past this many buckets, the full ones are dropped (a full bucket equals a new one).
+    MAX_BUCKETS = 10_000
+
+    def __init__(self, rate: float, burst: int) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"a rate limit needs rate > 0 and burst >= 1; got {rate}, {burst}")
+        self.rate, self.burst = rate, burst
+        self._buckets: dict[str, tuple[float, float]] = {}  # caller -> (tokens, when)
+        self._lock = threading.Lock()
+
+    def take(self, caller: str) -> None:
+        """Takes one token of ``caller``'s bucket, or raises RateLimitedError when it is empty."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, when = self._buckets.get(caller, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - when) * self.rate)
+            if tokens < 1.0:
+                self._buckets[caller] = (tokens, now)
+                wait = max(1, math.ceil((1.0 - tokens) / self.rate))
+                raise RateLimitedError(
+                    f"{caller} sent more than the rate limit of {self.rate:g} requests per "
+                    f"second (bursts of {self.burst}); retry in {wait} s",
+                    retry_after=wait,
+                )
+            self._buckets[caller] = (tokens - 1.0, now)
+            if len(self._buckets) > self.MAX_BUCKETS:
+                self._forget_full(now)
+
+    def _forget_full(self, now: float) -> None:
+        refill = self.burst / self.rate
+        self._buckets = {c: b for c, b in self._buckets.items() if now - b[1] < refill}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one caller and one request may take, on both transports."""
+
+    #: Seconds a request may take from its headers to its answer; None for no limit.
+    request_timeout: float | None = REQUEST_TIMEOUT
+    #: Per-caller rate limit; None for none.
+    rate: RateLimiter | None = None
+
+    def timed_out(self) -> RequestTimeoutError:
+        return RequestTimeoutError(
+            f"the request was not answered within the server's limit of "
+            f"{self.request_timeout:g} s; send fewer rows per request, or start the server "
+            "with a larger --request-timeout"
+        )
+
+    async def in_time(self, call: Awaitable[_T]) -> _T:
+        """Awaits ``call``, or raises RequestTimeoutError past :attr:`request_timeout` (the
+        work in a thread goes on; only the wait for it ends)."""
+        try:
+            return await asyncio.wait_for(call, self.request_timeout)
+        except TimeoutError:
+            raise self.timed_out() from None
+
+
+class EnforceLimits:
+    """ASGI middleware: 429 for a caller over its rate, 504 for a request over its time."""
+
+    def __init__(self, app: ASGIApp, limits: Limits) -> None:
+        self.app, self.limits = app, limits
+        # Requests that ran out of time, still running (threads cannot be stopped)
+        self._abandoned: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.limits.rate is not None and scope["path"] not in EXEMPT:
+            try:
+                self.limits.rate.take(caller(scope))
+            except RateLimitedError as exc:
+                await send_error(send, exc)
+                return
+        if self.limits.request_timeout is None:
+            await self.app(scope, receive, send)
+        else:
+            await self._in_time(scope, receive, send, self.limits.request_timeout)
+
+    async def _in_time(self, scope: Scope, receive: Receive, send: Send, seconds: float) -> None:
+        started = late = False
+
+        async def send_unless_late(message: Message) -> None:
+            nonlocal started
+            if late:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        task = asyncio.ensure_future(self.app(scope, receive, send_unless_late))
+        try:
+            done, _ = await asyncio.wait({task}, timeout=seconds)
+        except asyncio.CancelledError:  # the server is stopping or the client went away
+            task.cancel()
+            raise
+        if done or started:  # an answer under way is let finish
+            await task
+            return
+        late = True
+        task.cancel()  # ends the wait for the body; a worker thread runs on and is ignored
+        self._abandoned.add(task)
+        task.add_done_callback(_forget(self._abandoned))
+        await send_error(send, self.limits.timed_out(), [(b"connection", b"close")])
+
+
+def _forget(tasks: set[asyncio.Task[None]]) -> Any:
+    def done(task: asyncio.Task[None]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not log it: the caller was answered
+
+    return done
+
+
+def caller(scope: Scope) -> str:
+    """Who a request comes from: the API key's id when keys are on, else the client address."""
+    key = scope.get("state", {}).get("key_id")
+    if key is not None:
+        return f"key '{key}'"
+    client = scope.get("client")
+    return f"client {client[0] if client else 'unknown'}"
+
+
+async def send_error(
+    send: Send, error: ForetellError, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Answers with ``error`` as JSON, before the app has answered anything."""
+    body = orjson.dumps(error.to_json())
+    extra = list(headers or [])
+    if isinstance(error, RateLimitedError):
+        extra.append((b"retry-after", str(error.retry_after).encode()))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": error.status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *extra,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class HeaderDeadline(HttpToolsProtocol):
+    """uvicorn's HTTP protocol, closing connections that take over :attr:`seconds` to send a
+    request's headers (uvicorn itself only times out idle keep-alive connections)."""
+
+    seconds: float = REQUEST_TIMEOUT
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
+            self._arm()  # bytes of a new request: its headers must be complete in time
+        super().data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        waiting_since = self.cycle
+        self._deadline = self.loop.call_later(self.seconds, self._expire, waiting_since)
+
+    def _expire(self, waiting_since: object) -> None:
+        self._deadline = None
+        no_new_request = self.cycle is waiting_since
+        idle = self.cycle is None or self.cycle.response_complete
+        if no_new_request and idle and not self.transport.is_closing():
+            self.transport.close()
+
+
+def header_deadline(seconds: float) -> type[HeaderDeadline]:
+    """The protocol class for uvicorn (``http=``) that closes slow senders after ``seconds``."""
+    return type("HeaderDeadline", (HeaderDeadline,), {"seconds": seconds})

@@ -1,0 +1,247 @@
+"""Adaptive batching: concurrent callers merged into one forward pass each get their own rows."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer
+
+from foretell import Repository
+from foretell.errors import ForetellError, ValidationError
+from foretell.pipeline import Model, Prediction
+from foretell.pipeline.model import Batch
+from foretell.serving.batching import Batcher, BatchPolicy
+from tests.conftest import Server
+
+CANCER = load_breast_cancer().data
+NAMES = [str(n) for n in load_breast_cancer().feature_names]
+#: A long wait, so that requests sent together surely meet in one batch.
+MERGING = BatchPolicy(max_batch_size=64, max_wait_ms=200.0)
+
+
+@pytest.fixture
+def cancer(repository: Repository) -> Model:
+    """A fresh breast-cancer model (ONNX, rejects invalid rows) with no observers."""
+    return repository.load("breast-cancer", "2")
+
+
+def seen_batches(model: Model) -> list[int]:
+    """The sizes of the batches ``model`` scores from now on."""
+    sizes: list[int] = []
+
+    def observe(batch: Batch) -> None:
+        sizes.append(batch.length)
+
+    model.observers.append(observe)
+    return sizes
+
+
+async def gather(batcher: Batcher, model: Model, requests: list[Any], **options: Any) -> list[Any]:
+    calls = [batcher.predict(model, rows, **options) for rows in requests]
+    return await asyncio.gather(*calls, return_exceptions=True)
+
+
+def probabilities(results: list[Prediction]) -> np.ndarray:
+    return np.array([list(r.outputs["probabilities"].values()) for r in results])
+
+
+def test_each_caller_gets_its_own_rows_in_one_forward_pass(cancer: Model) -> None:
+    sizes = seen_batches(cancer)
+    starts = [0, 1, 4, 11, 12, 30]
+    lengths = [1, 3, 7, 1, 18, 2]  # mixed sizes, 32 rows in all
+    requests = [CANCER[s : s + n] for s, n in zip(starts, lengths, strict=True)]
+
+    answers = asyncio.run(gather(Batcher(MERGING), cancer, requests))
+
+    assert sizes == [32]  # one forward pass for six callers
+    alone = [cancer.predict(rows) for rows in requests]
+    for answer, expected, n in zip(answers, alone, lengths, strict=True):
+        assert len(answer) == n
+        np.testing.assert_allclose(probabilities(answer), probabilities(expected))
+        assert [r.decision for r in answer] == [r.decision for r in expected]
+    ids = [r.prediction_id for answer in answers for r in answer]
+    assert len(set(ids)) == 32
+
+
+def test_records_and_arrays_merge(cancer: Model) -> None:
+    records = [dict(zip(NAMES, map(float, row), strict=True)) for row in CANCER[5:8]]
+    answers = asyncio.run(gather(Batcher(MERGING), cancer, [records, CANCER[:2], records[:1]]))
+    assert [len(a) for a in answers] == [3, 2, 1]
+    np.testing.assert_allclose(probabilities(answers[0]), probabilities(cancer.predict(records)))
+    np.testing.assert_allclose(probabilities(answers[1]), probabilities(cancer.predict(CANCER[:2])))
+
+
+def test_a_broken_row_fails_only_its_own_request(cancer: Model) -> None:
+    sizes = seen_batches(cancer)
+    rejected: list[int] = []
+    cancer.observers.append(lambda batch: rejected.append(batch.length - len(batch.usable)))
+    bad = CANCER[10:13].copy()
+    bad[1, 0] = -5.0  # 'mean radius' below its minimum: the model rejects the request
+    requests = [CANCER[:2], bad, CANCER[20:24]]
+
+    answers = asyncio.run(gather(Batcher(MERGING), cancer, requests))
+
+    assert sizes == [9]
+    assert [len(a) for a in (answers[0], answers[2])] == [2, 4]
+    error = answers[1]
+    assert isinstance(error, ValidationError)
+    assert [(v.row, v.field, v.rule) for v in error.violations] == [(1, "mean radius", "range")]
+    # the observers (metrics, prediction log) see the bad request's rows unscored, no others
+    assert rejected == [3]
+    expected = probabilities(cancer.predict(CANCER[20:24]))
+    np.testing.assert_allclose(probabilities(answers[2]), expected)
+
+
+def test_a_malformed_request_fails_before_it_joins(cancer: Model) -> None:
+    answers = asyncio.run(gather(Batcher(MERGING), cancer, [CANCER[:1], CANCER[:2, :5]]))
+    assert len(answers[0]) == 1
+    assert isinstance(answers[1], ForetellError)
+    assert "shape" in str(answers[1])
+
+
+def test_options_are_never_mixed(cancer: Model) -> None:
+    sizes = seen_batches(cancer)
+
+    async def both() -> list[Any]:
+        batcher = Batcher(MERGING)
+        plain = [batcher.predict(cancer, CANCER[i : i + 1]) for i in range(3)]
+        explained = [batcher.predict(cancer, CANCER[i : i + 2], explain=True) for i in range(2)]
+        return await asyncio.gather(*plain, *explained, return_exceptions=True)
+
+    answers = asyncio.run(both())
+    plain, explained = answers[:3], answers[3:]
+    for answer in plain:
+        assert len(answer) == 1 and "explanation" not in answer[0].to_dict()
+    for answer in explained:  # explained, or refused for that reason, but never plain
+        if isinstance(answer, BaseException):
+            assert "expla" in str(answer)
+        else:
+            assert len(answer) == 2 and "explanation" in answer[0].to_dict()
+    assert sorted(sizes) in ([3], [3, 4])
+
+
+def test_a_full_batch_leaves_at_once_and_the_rest_waits_its_turn(cancer: Model) -> None:
+    sizes = seen_batches(cancer)
+    policy = BatchPolicy(max_batch_size=8, max_wait_ms=200.0)
+    requests = [CANCER[i : i + 3] for i in range(5)]  # 15 rows: no batch may pass 8
+    answers = asyncio.run(gather(Batcher(policy), cancer, requests))
+    assert [len(a) for a in answers] == [3] * 5
+    assert all(size <= 8 for size in sizes) and sum(sizes) == 15
+
+
+def test_without_merging_every_request_runs_alone(cancer: Model) -> None:
+    sizes = seen_batches(cancer)
+    answers = asyncio.run(gather(Batcher(), cancer, [CANCER[:1], CANCER[:3], CANCER[:2]]))
+    assert [len(a) for a in answers] == [1, 3, 2]
+    assert sorted(sizes) == [1, 2, 3]
+
+
+def test_the_spec_sets_the_policy_and_the_command_line_overrides_it(cancer: Model) -> None:
+    assert Batcher().policy_of(cancer) == BatchPolicy()
+    data = {**cancer.spec.model_dump(), "batching": {"max_batch_size": 16, "max_wait_ms": 1.5}}
+    cancer.spec = type(cancer.spec).model_validate(data)
+    assert Batcher().policy_of(cancer) == BatchPolicy(16, 1.5)
+    assert Batcher(BatchPolicy(4, 0.0)).policy_of(cancer) == BatchPolicy(4, 0.0)
+
+
+# --- through a real server --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def batching_server(examples_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Server:
+    args = ["--repository", str(examples_root), "--no-monitoring"]
+    running = Server(
+        [*args, "--max-batch-size", "64", "--max-wait-ms", "100"],
+        cwd=tmp_path_factory.mktemp("batching"),
+    )
+    yield running  # type: ignore[misc]
+    running.stop()
+
+
+def v2_body(rows: np.ndarray, request_id: str, outputs: list[str] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": request_id,
+        "inputs": [
+            {
+                "name": "input",
+                "datatype": "FP64",
+                "shape": list(rows.shape),
+                "data": rows.ravel().tolist(),
+            }
+        ],
+    }
+    if outputs is not None:
+        body["outputs"] = [{"name": n} for n in outputs]
+    return body
+
+
+def test_concurrent_v2_callers_get_their_own_ids_outputs_and_rows(batching_server: Server) -> None:
+    url = f"{batching_server.url}/v2/models/breast-cancer/infer"
+    plans: list[tuple[int, list[str] | None]] = [
+        (1, ["label"]),
+        (5, None),
+        (2, ["probabilities", "prediction_id"]),
+        (3, ["decision"]),
+        (1, None),
+        (7, ["label", "decision"]),
+    ]
+    bad = CANCER[40:42].copy()
+    bad[0, 3] = -1.0
+
+    def send(i: int) -> httpx.Response:
+        if i == len(plans):
+            return httpx.post(url, json=v2_body(bad, "bad", None), timeout=30)
+        n, outputs = plans[i]
+        return httpx.post(url, json=v2_body(CANCER[i : i + n], f"r{i}", outputs), timeout=30)
+
+    with ThreadPoolExecutor(len(plans) + 1) as pool:
+        responses = list(pool.map(send, range(len(plans) + 1)))
+
+    alone = {}
+    for i, (n, outputs) in enumerate(plans):
+        response = responses[i]
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["id"] == f"r{i}"
+        names = [o["name"] for o in body["outputs"]]
+        if outputs is not None:
+            assert names == outputs
+        for tensor in body["outputs"]:
+            assert tensor["shape"][0] == n
+            alone[(i, tensor["name"])] = tensor["data"]
+    assert responses[-1].status_code == 400
+    assert "mean area" in responses[-1].text
+    # the rows are the caller's own: compare with the same rows asked for alone
+    single = httpx.post(url, json=v2_body(CANCER[1:6], "x", None), timeout=30).json()
+    by_name = {t["name"]: t["data"] for t in single["outputs"]}
+    assert alone[(1, "probabilities")] == pytest.approx(by_name["probabilities"])
+    assert alone[(1, "label")] == by_name["label"]
+
+
+def test_concurrent_v1_callers_get_their_own_rows(batching_server: Server) -> None:
+    url = f"{batching_server.url}/v1/models/breast-cancer:predict"
+
+    def send(i: int) -> httpx.Response:
+        rows = [dict(zip(NAMES, map(float, r), strict=True)) for r in CANCER[i : i + i % 4 + 1]]
+        return httpx.post(url, json={"instances": rows}, timeout=30)
+
+    with ThreadPoolExecutor(12) as pool:
+        responses = list(pool.map(send, range(12)))
+    ids = []
+    for i, response in enumerate(responses):
+        assert response.status_code == 200, response.text
+        predictions = response.json()["predictions"]
+        assert len(predictions) == i % 4 + 1
+        ids += [p["prediction_id"] for p in predictions]
+    assert len(set(ids)) == len(ids)
+
+
+def test_serve_refuses_a_batch_size_below_one(examples_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="max-batch-size"):
+        Server(["--repository", str(examples_root), "--max-batch-size", "0"], cwd=tmp_path)

@@ -22,6 +22,7 @@ Examples::
 
     python bench/soak.py                        # 10 minutes
     python bench/soak.py --minutes 1 --out /tmp/soak
+    python bench/soak.py --no-monitoring        # the server without its prediction log
 """
 
 from __future__ import annotations
@@ -91,12 +92,12 @@ def rss(pid: int) -> int:
 class Server:
     """``foretell serve`` on a free port, its log in ``folder``."""
 
-    def __init__(self, repository: Path, folder: Path) -> None:
+    def __init__(self, repository: Path, folder: Path, extra: list[str]) -> None:
         self.port = free_port()
         script = Path(sys.executable).parent / "foretell"
         command = [str(script)] if script.exists() else [sys.executable, "-m", "foretell"]
         command += ["serve", "--repository", str(repository), "--port", str(self.port)]
-        command += ["--grpc-port", "0", "--log-level", "warning"]
+        command += ["--grpc-port", "0", "--log-level", "warning", *extra]
         self.log = folder / "server.log"
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(command, cwd=folder, stdout=out, stderr=out)
@@ -287,6 +288,9 @@ def main() -> None:
     parser.add_argument("--probe-seconds", type=float, default=20.0, help="for the maximum")
     parser.add_argument("--repository", type=Path, help="default: the examples, built here")
     parser.add_argument("--out", type=Path, default=Path("soak-results"))
+    parser.add_argument(
+        "--no-monitoring", action="store_true", help="serve without the prediction log"
+    )
     args = parser.parse_args()
     try:
         import uvloop
@@ -304,7 +308,7 @@ def main() -> None:
             repository = folder / "models"
             say(f"building the {MODEL} example into {repository}")
             build_examples(repository, only=[MODEL])
-        server = Server(repository, folder)
+        server = Server(repository, folder, ["--no-monitoring"] if args.no_monitoring else [])
         try:
             payloads = bodies(repository)
             raws = [request(server.port, b) for b in payloads]

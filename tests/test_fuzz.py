@@ -73,7 +73,11 @@ CHECKS = [
 
 
 def _fuzz(api: schemathesis.BaseSchema, url: str, changes_models: bool) -> None:
-    """Runs every chosen operation with valid, then invalid, generated requests."""
+    """Runs every chosen operation with valid, then invalid, generated requests.
+
+    Each operation's strategy is driven by hypothesis directly: schemathesis' pytest plugin
+    (``from_fixture``, needed for a schema read from a live server) sets ``Function._nodeid``,
+    which pytest 9 no longer has."""
     chosen = (
         api.include(path_regex=CHANGES_MODELS)
         if changes_models

@@ -40,7 +40,7 @@ JSON_VALUES = st.recursive(
     max_leaves=20,
 )
 #: Printable text: PyYAML writes a NEL (U+0085) that it then reads back as a line break.
-PRINTABLE = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=6)
+PRINTABLE = st.characters(blacklist_categories=("Cc", "Cs"))
 NAMES = st.from_regex(r"[a-z][a-z0-9_]{0,7}", fullmatch=True)
 FINITE = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
 
@@ -51,7 +51,8 @@ def features(draw: st.DrawFn) -> Feature:
     dtype = draw(st.sampled_from(["float", "int", "bool", "category"]))
     nullable = draw(st.booleans())
     if dtype == "category":
-        categories = draw(st.lists(PRINTABLE, min_size=1, max_size=4, unique=True))
+        words = st.text(PRINTABLE, min_size=1, max_size=6)
+        categories = draw(st.lists(words, min_size=1, max_size=4, unique=True))
         return Feature(name=name, dtype=dtype, categories=categories, nullable=nullable)
     bounds = sorted(draw(st.lists(FINITE, min_size=2, max_size=2)))
     low, high = (math.floor(bounds[0]), math.ceil(bounds[1])) if dtype == "int" else bounds
@@ -82,7 +83,7 @@ def specs(draw: st.DrawFn) -> ModelSpec:
         artifact="model.onnx",
         inputs=inputs,
         labels=labels,
-        description=draw(st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=20)),
+        description=draw(st.text(PRINTABLE, max_size=20)),
     )
 
 

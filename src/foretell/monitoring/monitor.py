@@ -69,8 +69,13 @@ class Monitor:
         sample_rate: float = 1.0,
         window_seconds: float = 86_400.0,
         interval: float = 60.0,
+        sample_rows: int = 20_000,
     ) -> None:
         self.store, self.window, self.interval = store, window_seconds, interval
+        #: Reports read at most this many of the window's newest predictions (and labelled
+        #: predictions): enough for drift and quality, and a bound on the memory one report
+        #: takes, however busy the server is.
+        self.sample_rows = sample_rows
         failures = Counter(
             "foretell_prediction_log_failures",
             "Predictions the log could not store.",
@@ -133,14 +138,14 @@ class Monitor:
         last ``window_seconds``."""
         window = window_seconds or self.window
         since = time.time() - window
-        logged = self.store.predictions_of(spec.name, since)
+        logged = self.store.predictions_of(spec.name, since, limit=self.sample_rows)
         inputs = (
             pd.DataFrame([orjson.loads(r) for r in logged["inputs"]])
             if len(logged)
             else pd.DataFrame()
         )
         outputs = [orjson.loads(r) for r in logged["outputs"]] if len(logged) else []
-        labelled = self.store.labelled(spec.name, since)
+        labelled = self.store.labelled(spec.name, since, limit=self.sample_rows)
         result = {
             "model": spec.name,
             "window_seconds": window,

@@ -108,9 +108,10 @@ class MonitoringStore:
             frame = pd.DataFrame(db.execute(query).mappings().all())
         return frame.iloc[::-1].reset_index(drop=True) if len(frame) else frame
 
-    def labelled(self, model: str, since: float = 0.0) -> pd.DataFrame:
+    def labelled(self, model: str, since: float = 0.0, limit: int | None = None) -> pd.DataFrame:
         """Predictions of ``model`` that have ground truth, oldest first: inputs, outputs,
-        truth, version and delay (inputs, outputs and truth as JSON text)."""
+        truth, version and delay (inputs, outputs and truth as JSON text); the newest ``limit``
+        of them when given."""
         p, f = self.predictions, self.feedback
         query = (
             sa.select(
@@ -124,10 +125,12 @@ class MonitoringStore:
             )
             .join(f, f.c.prediction_id == p.c.prediction_id)
             .where(p.c.model == model, p.c.ts >= since)
-            .order_by(p.c.ts, p.c.prediction_id)  # rows of one batch share a time
+            .order_by(p.c.ts.desc(), p.c.prediction_id.desc())  # one batch shares a time
+            .limit(limit)
         )
         with self.engine.connect() as db:
-            return pd.DataFrame(db.execute(query).mappings().all())
+            frame = pd.DataFrame(db.execute(query).mappings().all())
+        return frame.iloc[::-1].reset_index(drop=True) if len(frame) else frame
 
     def known(self, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` are logged predictions."""

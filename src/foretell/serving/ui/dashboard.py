@@ -50,7 +50,7 @@ def quality_over_time(
     if metric is None:
         return None
     name, share = metric
-    labelled = store.labelled(spec.name, now - window)
+    labelled = store.labelled(spec.name, now - window, limit=100_000)
     edges = np.linspace(now - window, now, buckets + 1)
     series: dict[str, list[tuple[float, float | None]]] = {}
     if len(labelled):

@@ -61,12 +61,13 @@ BENTOML_VENV = HERE / ".venv-bentoml"
 #: (rows per request, connections) of each load.
 LOADS = [(1, 1), (1, 8), (1, 32), (32, 8)]
 
-#: name -> (server kind, options). foretell options are `foretell serve` flags; ``repo`` picks
-#: the repository: ``onnx`` serves version 2, ``sklearn`` version 1, ``compiled`` version 1
-#: with ``compile: onnx``.
+#: name -> (server kind, options). foretell options are `foretell serve` flags (``foretell``
+#: alone is the default: one worker, adaptive batching, prediction log on); ``repo`` picks the
+#: repository: ``onnx`` serves version 2, ``sklearn`` version 1, ``compiled`` version 1 with
+#: ``compile: onnx``.
 CONFIGS: dict[str, tuple[str, dict[str, object]]] = {
     "foretell": ("foretell", {"repo": "onnx", "args": []}),
-    "foretell 1 worker": ("foretell", {"repo": "onnx", "args": ["--workers", "1"]}),
+    "foretell 2 workers": ("foretell", {"repo": "onnx", "args": ["--workers", "2"]}),
     "foretell no batching": ("foretell", {"repo": "onnx", "args": ["--max-batch-size", "1"]}),
     "foretell --no-monitoring": ("foretell", {"repo": "onnx", "args": ["--no-monitoring"]}),
     "foretell sklearn": ("foretell", {"repo": "sklearn", "args": []}),

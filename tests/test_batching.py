@@ -137,17 +137,26 @@ def test_a_full_batch_leaves_at_once_and_the_rest_waits_its_turn(cancer: Model) 
 
 def test_without_merging_every_request_runs_alone(cancer: Model) -> None:
     sizes = seen_batches(cancer)
-    answers = asyncio.run(gather(Batcher(), cancer, [CANCER[:1], CANCER[:3], CANCER[:2]]))
+    alone = Batcher(BatchPolicy(max_batch_size=1))
+    answers = asyncio.run(gather(alone, cancer, [CANCER[:1], CANCER[:3], CANCER[:2]]))
     assert [len(a) for a in answers] == [1, 3, 2]
     assert sorted(sizes) == [1, 2, 3]
 
 
 def test_the_spec_sets_the_policy_and_the_command_line_overrides_it(cancer: Model) -> None:
-    assert Batcher().policy_of(cancer) == BatchPolicy()
+    assert Batcher().policy_of(cancer) == BatchPolicy(64, 0.0)  # on, and never waiting
     data = {**cancer.spec.model_dump(), "batching": {"max_batch_size": 16, "max_wait_ms": 1.5}}
     cancer.spec = type(cancer.spec).model_validate(data)
     assert Batcher().policy_of(cancer) == BatchPolicy(16, 1.5)
     assert Batcher(BatchPolicy(4, 0.0)).policy_of(cancer) == BatchPolicy(4, 0.0)
+
+
+def test_by_default_a_batch_forms_while_the_model_is_busy(cancer: Model) -> None:
+    sizes = seen_batches(cancer)
+    requests = [CANCER[i : i + 1] for i in range(6)]
+    answers = asyncio.run(gather(Batcher(), cancer, requests))
+    assert [len(a) for a in answers] == [1] * 6
+    assert sizes == [1, 5]  # the first never waits; the others meet while it runs
 
 
 # --- through a real server --------------------------------------------------------------------

@@ -180,7 +180,7 @@ class Model:
         outputs: dict[str, np.ndarray] = {}
         decisions: np.ndarray = np.empty(0, dtype=object)
         if len(usable):
-            x = self.preprocessor.transform(checked.columns, usable)
+            x = self.preprocessor.transform(checked.columns, usable, checked.matrix)
             started = _lap(timings, "preprocess", started)
             raw = canonical(self.spec.task, self._forward(x))
             started = _lap(timings, "forward", started)

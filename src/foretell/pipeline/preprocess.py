@@ -38,9 +38,18 @@ class Preprocessor:
             if step.step == "user_history" and step.file:
                 self.histories[step.file] = _read_history(folder, step.file, spec)
         self.text = spec.inputs[0].dtype == "text"
+        #: Numbers in, the same numbers out: no steps, every input numeric.
+        self.plain = not spec.preprocessing and all(
+            f.dtype in ("float", "int", "bool") for f in spec.inputs
+        )
 
-    def transform(self, columns: dict[str, Any], rows: np.ndarray) -> np.ndarray:
-        """The encoded input of the rows at indices ``rows``."""
+    def transform(
+        self, columns: dict[str, Any], rows: np.ndarray, matrix: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The encoded input of the rows at indices ``rows``; ``matrix`` is every input as one
+        (rows, features) array when the caller has it (see ``Checked.matrix``)."""
+        if matrix is not None and self.plain:
+            return matrix if len(rows) == len(matrix) else matrix[rows]
         if self.text:
             text = columns[self.spec.inputs[0].name]
             return np.array([text[i] or "" for i in rows], dtype=object)

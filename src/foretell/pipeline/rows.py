@@ -14,9 +14,13 @@ from foretell.errors import InputFormatError
 class Columns:
     """A batch as columns: ``values[name]`` is a list, or an array when it came as one."""
 
-    def __init__(self, values: dict[str, Any], length: int) -> None:
+    def __init__(
+        self, values: dict[str, Any], length: int, matrix: np.ndarray | None = None
+    ) -> None:
         self.values = values
         self.length = length
+        #: The (rows, features) array the columns are views of, when they came as one.
+        self.matrix = matrix
 
     def __len__(self) -> int:
         return self.length
@@ -48,7 +52,7 @@ def to_columns(rows: Rows, names: list[str]) -> Columns:
                 f"an array input must have shape (rows, {len(names)}) in the order "
                 f"{names}; got shape {rows.shape}"
             )
-        return Columns({n: matrix[:, i] for i, n in enumerate(names)}, len(matrix))
+        return Columns({n: matrix[:, i] for i, n in enumerate(names)}, len(matrix), matrix)
     if isinstance(rows, Mapping):
         return _mapping_columns(rows, names)
     if isinstance(rows, str | bytes) or not isinstance(rows, Sequence):

@@ -26,6 +26,8 @@ class Checked:
     columns: dict[str, Any]
     length: int
     violations: dict[int, list[Violation]] = field(default_factory=dict)
+    #: Every input as one (rows, features) float64 array, when all are numbers and clean.
+    matrix: np.ndarray | None = None
 
     def unusable(self) -> np.ndarray:
         """Boolean mask of rows with a violation that leaves them impossible to predict."""
@@ -76,7 +78,7 @@ class Validator:
 
     def check(self, batch: Columns) -> Checked:
         checked = Checked({}, len(batch))
-        clean = self._clean_numbers(batch)
+        clean = self._clean_numbers(batch, checked)
         for f in self.spec.inputs:
             column = batch.values[f.name]
             if f.name in clean:
@@ -87,20 +89,24 @@ class Validator:
                 checked.columns[f.name] = self._objects(f, column, checked)
         return checked
 
-    def _clean_numbers(self, batch: Columns) -> dict[str, np.ndarray]:
+    def _clean_numbers(self, batch: Columns, checked: Checked) -> dict[str, np.ndarray]:
         """The numeric columns as float64, checked in one pass over the whole batch, when they
         all came as numeric arrays and break no rule (the usual case for a served model). Else
         nothing: the per-column checks then name each broken rule."""
         if not self._numeric:
             return {}
-        arrays = []
-        for f in self._numeric:
-            column = batch.values[f.name]
-            kinds = "fiub" if f.dtype == "bool" else "fiu"
-            if not isinstance(column, np.ndarray) or column.dtype.kind not in kinds:
-                return {}
-            arrays.append(column)
-        matrix = np.column_stack(arrays).astype(np.float64, copy=False)
+        whole = len(self._numeric) == len(self.spec.inputs)
+        if whole and batch.matrix is not None and batch.matrix.dtype.kind in "fiu":
+            matrix = batch.matrix.astype(np.float64, copy=False)
+        else:
+            arrays = []
+            for f in self._numeric:
+                column = batch.values[f.name]
+                kinds = "fiub" if f.dtype == "bool" else "fiu"
+                if not isinstance(column, np.ndarray) or column.dtype.kind not in kinds:
+                    return {}
+                arrays.append(column)
+            matrix = np.column_stack(arrays).astype(np.float64, copy=False)
         # NaN fails both comparisons, so a missing value sends the batch the slow way too
         ok = (matrix >= self._low) & (matrix <= self._high) & np.isfinite(matrix)
         if self._ints.any():
@@ -111,6 +117,8 @@ class Validator:
             ok[:, self._bools] &= (bools == 0) | (bools == 1)
         if not ok.all():
             return {}
+        if whole:
+            checked.matrix = matrix
         return {f.name: matrix[:, j] for j, f in enumerate(self._numeric)}
 
     def _add(self, checked: Checked, row: int, f: Feature, rule: str, message: str) -> None:

@@ -103,7 +103,8 @@ def parse_infer(
 ) -> InferRequest:
     """An InferRequest from a JSON body, or a JSON header plus binary blobs."""
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        digits = header_length.isascii() and header_length.isdigit()  # not '²'
+        if not digits or int(header_length) > len(body):
             raise InputFormatError(
                 f"Inference-Header-Content-Length is {header_length!r}, but the body has "
                 f"{len(body)} bytes"

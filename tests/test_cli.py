@@ -129,7 +129,7 @@ def test_user_errors_are_one_line_and_exit_non_zero(
 
 def test_validate_repository(examples_copy: Path) -> None:
     ok = runner.invoke(app, ["validate-repository", str(examples_copy)])
-    assert ok.exit_code == 0 and "ok: 7 models, 8 versions" in ok.stderr
+    assert ok.exit_code == 0 and "ok: 8 models, 9 versions" in ok.stderr
     spec = examples_copy / "iris-segments" / "1" / "model.yaml"
     spec.write_text(spec.read_text().replace("task: clustering", "task: segmentation"))
     broken = runner.invoke(app, ["validate-repository", str(examples_copy)])

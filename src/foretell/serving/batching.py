@@ -4,11 +4,11 @@ Each model (and each set of prediction options, such as ``explain``) has a queue
 server's event loop. A queue sends its waiting requests to the model as one batch when they
 hold ``max_batch_size`` rows, or when the model is idle and the oldest has waited
 ``max_wait_ms``; while a batch runs, the next one forms. A merged or large batch runs in a
-worker thread (a lone small request runs on the event loop: the hop to a thread would cost
-more than its forward pass), and its rows are split back by offset: every caller gets its
-own rows, prediction ids and errors, and a caller whose rows break a rejecting model's
-schema gets its ValidationError without failing the others. With ``max_batch_size`` 1
-every request runs alone, at once.
+worker thread (a lone small request to a fast model runs on the event loop: the hop to a
+thread would cost more than its forward pass; see :data:`INLINE_SECONDS`), and its rows are
+split back by offset: every caller gets its own rows, prediction ids and errors, and a caller
+whose rows break a rejecting model's schema gets its ValidationError without failing the
+others. With ``max_batch_size`` 1 every request runs alone, at once.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,8 +31,13 @@ from foretell.pipeline.rows import Columns, Rows, to_columns
 from foretell.pipeline.validate import in_row_order
 from foretell.repository.spec import Batching
 
-#: A request alone in its batch with at most this many rows runs on the event loop itself.
+#: A request alone in its batch with at most this many rows runs on the event loop itself,
 INLINE_ROWS = 8
+#: while such requests took less than this (measured on each), so a slow model never stalls
+#: the loop for long: its first request, and any after a slow one, run in a thread.
+INLINE_SECONDS = 0.002
+#: Formats whose forward pass is the library's own bounded code (never a user's class).
+INLINE_FORMATS = frozenset({"onnx", "xgboost", "lightgbm", "sklearn", "conjugate"})
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,10 @@ class _Queue:
 
     def __init__(self, model: Model, options: dict[str, Any], policy: BatchPolicy) -> None:
         self.model, self.options, self.policy = model, options, policy
+        #: Whether a lone small request may run on the event loop: fast formats, no
+        #: explanations, and the last such request was quick (unknown at first).
+        self.inline_allowed = model.spec.format in INLINE_FORMATS and not options.get("explain")
+        self.lone_seconds = float("inf")
         self.waiting: deque[_Request] = deque()
         self.rows = 0
         self.busy = False
@@ -136,12 +146,16 @@ class _Queue:
 
     async def _run(self, taken: list[_Request]) -> None:
         loop = asyncio.get_running_loop()
+        lone = len(taken) == 1 and len(taken[0].columns) <= INLINE_ROWS
+        started = time.perf_counter()
         try:
-            if len(taken) == 1 and len(taken[0].columns) <= INLINE_ROWS:
+            if lone and self.inline_allowed and self.lone_seconds < INLINE_SECONDS:
                 # a lone small request: the hop to a thread would cost more than the work
                 answers = self._answer(taken)
             else:
                 answers = await loop.run_in_executor(None, self._answer, taken)
+            if lone:
+                self.lone_seconds = time.perf_counter() - started
         except BaseException as exc:  # every waiting caller hears of it
             answers = [exc] * len(taken)
         finally:

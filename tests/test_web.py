@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pandas as pd
 import pytest
+from playwright.sync_api import sync_playwright
 from sklearn.datasets import load_breast_cancer
 
 from foretell.monitoring.metrics import ServingMetrics
@@ -22,8 +23,6 @@ from foretell.serving.ui import charts
 from foretell.serving.ui.downloads import Downloads
 from foretell.serving.ui.traffic import Traffic
 from tests.conftest import Server
-
-playwright = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = Path("/usr/bin/chromium")
 #: Without the background-networking flags, Chromium's own connections fail on some machines.
@@ -46,11 +45,10 @@ MODEL = "/ui/models/breast-cancer"
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
-        reason = f"{CHROMIUM} is missing: `make test` installs Debian's chromium"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    with playwright.sync_playwright() as p:
+        pytest.fail(
+            f"{CHROMIUM} is missing: `make test` (or `make browser`) installs Debian's chromium"
+        )
+    with sync_playwright() as p:
         launched = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         yield launched
         launched.close()

@@ -57,6 +57,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from procstat import process_tree, status_bytes
+
 #: Why this Python cannot run the benchmark (``--help`` works anyway).
 MISSING: list[str] = []
 try:
@@ -269,13 +271,7 @@ class ChildRun:
 
 def vm_hwm(pid: int) -> int:
     """The peak RSS of process ``pid`` so far (VmHWM), in bytes; 0 once it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return status_bytes(pid, "VmHWM")
 
 
 def run_child(
@@ -475,22 +471,7 @@ def interpreter_of(script: Path) -> str:
 
 def tree_peak_rss(pid: int) -> int:
     """The sum of VmHWM (peak RSS) over ``pid`` and its descendants, in bytes."""
-    total, todo, seen = 0, [pid], set()
-    while todo:
-        current = todo.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-            for task in Path(f"/proc/{current}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                total += int(line.split()[1]) * 1024
-    return total
+    return sum(status_bytes(p, "VmHWM") for p in process_tree(pid))
 
 
 class MLServer:

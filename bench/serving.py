@@ -54,6 +54,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from procstat import process_tree, status_bytes
+
 MODEL = "breast-cancer"
 HERE = Path(__file__).resolve().parent
 MLSERVER_VENV = HERE / ".venv-mlserver"
@@ -259,22 +261,8 @@ class Server:
         """The resident memory of each process of the server's tree, in MiB."""
         if self.process is None:
             return []
-        sizes, todo, seen = [], [self.process.pid], set()
-        while todo:
-            pid = todo.pop()
-            if pid in seen:
-                continue
-            seen.add(pid)
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-                for task in Path(f"/proc/{pid}/task").iterdir():
-                    todo += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            for line in status.splitlines():
-                if line.startswith("VmRSS:"):
-                    sizes.append(int(line.split()[1]) / 1024)
-        return sizes
+        sizes = [status_bytes(p, "VmRSS") / 2**20 for p in process_tree(self.process.pid)]
+        return [size for size in sizes if size]
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

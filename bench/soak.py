@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+from procstat import status_bytes
 
 MODEL = "breast-cancer"
 PATH = f"/v1/models/{MODEL}:predict"
@@ -76,17 +77,6 @@ def bodies(repository: Path, count: int = 64) -> list[bytes]:
         }
         out.append(orjson.dumps({"instances": [row]}))
     return out
-
-
-def rss(pid: int) -> int:
-    """The resident set size of process ``pid`` in bytes (VmRSS); 0 once it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 class Server:
@@ -240,7 +230,7 @@ async def open_loop(
                 "errors": done.errors,
                 "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
                 "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
-                "rss_mib": rss(pid) / 2**20,
+                "rss_mib": status_bytes(pid, "VmRSS") / 2**20,
                 "backlog": queue.qsize(),
             }
             rows.append(row)

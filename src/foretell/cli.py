@@ -39,6 +39,13 @@ Repo = Annotated[
         help="Model repository folder (<model>/<version>/model.yaml).",
     ),
 ]
+Explain = Annotated[
+    bool, typer.Option("--explain", help="Add each result's feature attributions (SHAP).")
+]
+Confidence = Annotated[
+    float | None,
+    typer.Option(help="Add uncertainty at this level, e.g. 0.9: conformal intervals or sets."),
+]
 
 
 def fail(message: str, exit_code: int = 1) -> typer.Exit:
@@ -98,13 +105,8 @@ def predict(
     format: Annotated[
         str | None, typer.Option("--format", help="Input format when the name does not say.")
     ] = None,
-    explain: Annotated[
-        bool, typer.Option("--explain", help="Add each result's feature attributions (SHAP).")
-    ] = False,
-    confidence: Annotated[
-        float | None,
-        typer.Option(help="Add conformal intervals or label sets at this level, e.g. 0.9."),
-    ] = None,
+    explain: Explain = False,
+    confidence: Confidence = None,
 ) -> None:
     """Score the rows of a file with a model and write one result per row.
 
@@ -218,13 +220,8 @@ def batch(
     monitoring_db: Annotated[
         str, typer.Option(envvar="FORETELL_MONITORING_DB", help="The monitoring store.")
     ] = "sqlite:///foretell-data/monitoring.db",
-    explain: Annotated[
-        bool, typer.Option("--explain", help="Add attribution columns (SHAP) to the results.")
-    ] = False,
-    confidence: Annotated[
-        float | None,
-        typer.Option(help="Add conformal interval or set columns at this level, e.g. 0.9."),
-    ] = None,
+    explain: Explain = False,
+    confidence: Confidence = None,
 ) -> None:
     """Score a whole table or file into a destination: chunked, exactly once, resumable.
 

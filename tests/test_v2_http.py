@@ -429,6 +429,15 @@ def test_load_and_unload_while_traffic_runs(examples_copy: Path) -> None:
         running.stop()
 
 
+def _wait_in_flight(url: str, model: str, seconds: float = 60.0) -> None:
+    """Waits until the server's in-flight gauge shows a request to ``model``."""
+    gauge = f'foretell_requests_in_flight{{model="{model}"}} 1.0'
+    deadline = time.monotonic() + seconds
+    while gauge not in httpx.get(f"{url}/metrics").text:
+        assert time.monotonic() < deadline, f"no request to {model} came in flight"
+        time.sleep(0.02)
+
+
 def test_unload_waits_for_requests_in_flight(examples_copy: Path) -> None:
     running = Server(["--repository", str(examples_copy)], cwd=examples_copy.parent)
     try:
@@ -438,13 +447,16 @@ def test_unload_waits_for_requests_in_flight(examples_copy: Path) -> None:
             slow = pool.submit(
                 httpx.post, f"{running.url}/v1/models/card-fraud:predict", json=body, timeout=120
             )
-            time.sleep(1.0)  # the 30,000-row request is in the forward pass now
+            _wait_in_flight(running.url, "card-fraud")  # the request is being scored now
             unload = httpx.post(
                 f"{running.url}/v2/repository/models/card-fraud/unload", timeout=120
             )
             assert unload.status_code == 200
-            assert slow.done(), "unload returned before the request in flight finished"
-            assert slow.result().status_code == 200
+            gauge = 'foretell_requests_in_flight{model="card-fraud"} 0.0'
+            assert gauge in httpx.get(f"{running.url}/metrics").text, (
+                "unload returned before the request in flight was scored"
+            )
+            assert slow.result().status_code == 200  # scored by the model it started on
         after = httpx.post(f"{running.url}/v1/models/card-fraud:predict", json={"instances": []})
         assert after.status_code == 503
     finally:

@@ -8,7 +8,8 @@ root once; nothing else catches errors by message.
     ├── UserError                  400 / exit 2   the caller asked for something malformed
     │   ├── InputFormatError       400 / exit 2   a body or file that cannot be decoded
     │   ├── ValidationError        400 / exit 2   rows that break the model's input schema
-    │   └── TooLargeError          413 / exit 2   a body or a batch over the server's limits
+    │   ├── TooLargeError          413 / exit 2   a body or a batch over the server's limits
+    │   └── MethodNotAllowedError  405 / exit 2   an HTTP verb the route does not take
     ├── UnauthorizedError          401 / exit 6   no valid API key was sent
     ├── ForbiddenError             403 / exit 6   the key lacks the scope the call needs
     ├── NotFoundError              404 / exit 3   an unknown model or version
@@ -56,6 +57,12 @@ class TooLargeError(UserError):
     """A request body, or the rows in it, over the server's limits."""
 
     status = 413
+
+
+class MethodNotAllowedError(UserError):
+    """An HTTP verb the route does not take."""
+
+    status = 405
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,13 @@ import logging
 import threading
 import time
 import uuid
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
+from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
@@ -27,7 +28,7 @@ from foretell.serving.dataplane import DataPlane
 from foretell.serving.keys import KeyStore
 from foretell.serving.limits import EnforceLimits, Limits
 from foretell.serving.openapi import DOCS_PAGE, openapi
-from foretell.serving.rest_v2 import JSON, read_json, v2_routes
+from foretell.serving.rest_v2 import JSON, InferRoute, read_json, v2_routes
 from foretell.serving.ui import ui_routes
 from foretell.serving.v2 import V2, insight_options
 
@@ -43,6 +44,9 @@ class RequestMetrics:
 
     def __init__(self, app: ASGIApp, plane: DataPlane) -> None:
         self.app, self.plane = app, plane
+        # the labelled children of the request metrics: looking one up costs more than using it
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._timers: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -50,8 +54,10 @@ class RequestMetrics:
             return
         status = 500
         started = time.perf_counter()
-        headers = dict(scope.get("headers") or [])
-        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        request_id = next(
+            (v.decode("latin-1")[:128] for k, v in scope["headers"] if k == b"x-request-id"), ""
+        )
+        request_id = request_id or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def record_status(message: Message) -> None:
@@ -68,27 +74,37 @@ class RequestMetrics:
         finally:
             name = scope.get("path_params", {}).get("name")
             if name is not None:
-                model = name if name in self.plane.states else "(unknown)"
-                path = scope["path"]
-                protocol = (
-                    "v1" if path.startswith("/v1/") else "ui" if path.startswith("/ui/") else "v2"
-                )
-                metrics = self.plane.metrics
-                metrics.requests.labels(model, protocol, str(status)).inc()
-                seconds = time.perf_counter() - started
-                metrics.duration.labels(model, protocol).observe(seconds)
-                access.info(
-                    "%s %s %d",
-                    scope["method"],
-                    scope["path"],
-                    status,
-                    extra={
-                        "request_id": request_id,
-                        "model": model,
-                        "status": status,
-                        "duration_ms": round(seconds * 1000, 3),
-                    },
-                )
+                self._record(scope, name, status, time.perf_counter() - started, request_id)
+
+    def _record(
+        self, scope: Scope, name: str, status: int, seconds: float, request_id: str
+    ) -> None:
+        model = name if name in self.plane.states else "(unknown)"
+        path = scope["path"]
+        protocol = "v1" if path.startswith("/v1/") else "ui" if path.startswith("/ui/") else "v2"
+        counter = self._counters.get((model, protocol, status))
+        if counter is None:
+            counter = self.plane.metrics.requests.labels(model, protocol, str(status))
+            self._counters[(model, protocol, status)] = counter
+        counter.inc()
+        timer = self._timers.get((model, protocol))
+        if timer is None:
+            timer = self.plane.metrics.duration.labels(model, protocol)
+            self._timers[(model, protocol)] = timer
+        timer.observe(seconds)
+        if access.isEnabledFor(logging.INFO):
+            access.info(
+                "%s %s %d",
+                scope["method"],
+                path,
+                status,
+                extra={
+                    "request_id": request_id,
+                    "model": model,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 3),
+                },
+            )
 
 
 def create_app(
@@ -96,8 +112,9 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     keys: KeyStore | None = None,
     limits: Limits | None = None,
-) -> Starlette:
-    """The ASGI app serving ``plane``'s models: KServe V1 records and the V2 protocol."""
+) -> ASGIApp:
+    """The ASGI app serving ``plane``'s models: KServe V1 records and the V2 protocol, the web
+    pages, behind request metrics, API keys and limits."""
 
     async def live(request: Request) -> Response:
         return JSON({"live": True})
@@ -274,16 +291,11 @@ def create_app(
         Route("/v1/models/{name:model}/posterior", posterior),
         Route("/v1/models/{name:model}", model),
     ]
-    return Starlette(
+    pages = Starlette(
         routes=[
             *routes,
             *v2_routes(V2(plane), max_body_bytes),
             *ui_routes(plane, max_body_bytes, keys),
-        ],
-        middleware=[
-            Middleware(RequestMetrics, plane=plane),
-            *([Middleware(Authorise, keys=keys)] if keys is not None else []),
-            *([Middleware(EnforceLimits, limits=limits)] if limits is not None else []),
         ],
         exception_handlers={
             ForetellError: foretell_error,
@@ -291,3 +303,25 @@ def create_app(
             Exception: server_error,
         },
     )
+    app: ASGIApp = Dispatch(InferRoute(V2(plane), max_body_bytes), pages)
+    if limits is not None:
+        app = EnforceLimits(app, limits)
+    if keys is not None:
+        app = Authorise(app, keys)
+    return ServerErrorMiddleware(RequestMetrics(app, plane), handler=server_error)
+
+
+class Dispatch:
+    """ASGI: the V2 infer route served bare (the hot path), every other route by ``app``."""
+
+    def __init__(self, infer: InferRoute, app: ASGIApp) -> None:
+        self.infer, self.app = infer, app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            params = self.infer.match(scope["path"])
+            if params is not None:
+                scope["path_params"] = params
+                await self.infer(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

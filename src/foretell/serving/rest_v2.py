@@ -7,7 +7,9 @@ as ``tritonclient.http`` send no Content-Type, so only that header tells the two
 
 from __future__ import annotations
 
+import re
 import zlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -16,8 +18,15 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
-from foretell.errors import InputFormatError, ModelLoadError, TooLargeError
+from foretell.errors import (
+    ForetellError,
+    InputFormatError,
+    MethodNotAllowedError,
+    ModelLoadError,
+    TooLargeError,
+)
 from foretell.serving.tensors import Tensor, check_header, from_bytes, from_json, to_bytes
 from foretell.serving.v2 import V2, InferRequest, InferResponse, RequestedOutput
 
@@ -48,17 +57,30 @@ class JSON(Response):
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, decompressed when gzip or deflate, refused past ``limit`` bytes."""
-    declared = request.headers.get("content-length", "")
+    headers = request.headers
+    return await collect_body(
+        request.stream(),
+        headers.get("content-length", ""),
+        headers.get("content-encoding", "identity"),
+        limit,
+    )
+
+
+async def collect_body(
+    chunks: AsyncIterator[bytes], declared: str, encoding: str, limit: int
+) -> bytes:
+    """The body of ``chunks``, decompressed per ``encoding``; ``declared`` is its
+    Content-Length header (refused at once when it is over ``limit``)."""
     if declared.isdigit() and int(declared) > limit:
         raise TooLargeError(f"the request body is larger than the limit of {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
+    parts, size = [], 0
+    async for chunk in chunks:
         size += len(chunk)
         if size > limit:
             raise TooLargeError(f"the request body is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "identity").lower()
+        parts.append(chunk)
+    body = parts[0] if len(parts) == 1 else b"".join(parts)
+    encoding = encoding.lower()
     if encoding in ("", "identity"):
         return body
     if encoding not in ("gzip", "deflate"):
@@ -166,8 +188,11 @@ def _parameters(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
-def render_infer(request: InferRequest, response: InferResponse) -> Response:
-    """JSON, or JSON header plus binary blobs for the outputs that asked for binary data."""
+def render_infer(
+    request: InferRequest, response: InferResponse
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The body and headers: JSON, or a JSON header plus binary blobs for the outputs that
+    asked for binary data."""
     all_binary = bool(request.parameters.get("binary_data_output", False))
     blobs = []
     for tensor in response.outputs:
@@ -178,16 +203,85 @@ def render_infer(request: InferRequest, response: InferResponse) -> Response:
             blobs.append(blob)
     header = orjson.dumps(response.to_json())
     if not blobs:
-        return Response(header, media_type="application/json")
-    return Response(
-        header + b"".join(blobs),
-        media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(len(header))},
-    )
+        return header, [(b"content-type", b"application/json")]
+    return header + b"".join(blobs), [
+        (b"content-type", b"application/octet-stream"),
+        (b"inference-header-content-length", str(len(header)).encode()),
+    ]
+
+
+class InferRoute:
+    """``/v2/models/{name}[/versions/{version}]/infer`` as a bare ASGI app: the hot path of
+    the protocol, without request and response objects or a walk through the route table."""
+
+    PATH = re.compile(r"/v2/models/([^/:]+)(?:/versions/([^/:]+))?/infer")
+
+    def __init__(self, v2: V2, limit: int) -> None:
+        self.v2, self.limit = v2, limit
+
+    def match(self, path: str) -> dict[str, str] | None:
+        """The path parameters when ``path`` is an infer route, else None."""
+        found = self.PATH.fullmatch(path)
+        if found is None:
+            return None
+        name, version = found.groups()
+        return {"name": name} if version is None else {"name": name, "version": version}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        params = scope["path_params"]
+        headers: list[tuple[bytes, bytes]] = []
+        try:
+            if scope["method"] != "POST":
+                raise MethodNotAllowedError(f"{scope['method']} not allowed")
+            name, version = params["name"], params.get("version")
+            self.v2.plane.model(name, version)  # unknown or unready: before the body is read
+            wanted = _headers(scope, (b"content-length", b"content-encoding", _HEADER_BYTES))
+            body = await collect_body(
+                _chunks(receive), wanted[0] or "", wanted[1] or "identity", self.limit
+            )
+            infer_request = parse_infer(body, wanted[2], name, version)
+            response = await self.v2.infer(infer_request)
+            content, headers = render_infer(infer_request, response)
+            status = 200
+        except ForetellError as exc:
+            content, status = orjson.dumps(exc.to_json()), exc.status
+            headers = [(b"content-type", b"application/json")]
+        except _ClientGone:
+            return
+        headers.append((b"content-length", str(len(content)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
+
+
+class _ClientGone(Exception):
+    """The client disconnected before it sent its whole body: nobody to answer."""
+
+
+_HEADER_BYTES = HEADER_LENGTH.encode()
+
+
+def _headers(scope: Scope, names: tuple[bytes, ...]) -> list[str | None]:
+    """The values of the request headers ``names`` (None where absent), in order."""
+    found: list[str | None] = [None] * len(names)
+    for key, value in scope["headers"]:
+        if key in names:
+            found[names.index(key)] = value.decode("latin-1")
+    return found
+
+
+async def _chunks(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
 
 
 def v2_routes(v2: V2, limit: int) -> list[Route]:
-    """The Open Inference Protocol's REST routes, each with and without ``/versions/{v}``."""
+    """The Open Inference Protocol's REST routes but infer (:class:`InferRoute`), each with
+    and without ``/versions/{v}``."""
 
     async def server_metadata(request: Request) -> Response:
         return JSON(v2.server_metadata())
@@ -201,14 +295,6 @@ def v2_routes(v2: V2, limit: int) -> list[Route]:
         if v2.model_ready(name, version):
             return JSON({"name": name, "ready": True})
         return JSON({"error": f"model '{name}' is not ready", "name": name, "ready": False}, 503)
-
-    async def infer(request: Request) -> Response:
-        name, version = request.path_params["name"], request.path_params.get("version")
-        v2.plane.model(name, version)  # unknown or unready models fail before the body is read
-        body = await read_body(request, limit)
-        infer_request = parse_infer(body, request.headers.get(HEADER_LENGTH), name, version)
-        response = await v2.infer(infer_request)
-        return render_infer(infer_request, response)
 
     async def index(request: Request) -> Response:
         options = await read_json(request, limit, default={})
@@ -231,8 +317,6 @@ def v2_routes(v2: V2, limit: int) -> list[Route]:
     versioned = model + "/versions/{version:model}"
     return [
         Route("/v2", server_metadata),
-        Route(model + "/infer", infer, methods=["POST"]),
-        Route(versioned + "/infer", infer, methods=["POST"]),
         Route(model + "/ready", model_ready),
         Route(versioned + "/ready", model_ready),
         Route(versioned, model_metadata),

@@ -740,6 +740,7 @@ def serve(
 
     from foretell.repository import Repository
     from foretell.serving import DataPlane
+    from foretell.serving.server import new_event_loop
     from foretell.serving.server import serve as run_server
 
     if log_format not in ("text", "json"):
@@ -826,19 +827,20 @@ def serve(
         version = f" v{entry['version']}" if entry["version"] else ""
         err.print(f"{entry['name']}{version}: {status}", markup=False, highlight=False)
     try:
-        asyncio.run(
-            run_server(
-                plane,
-                host,
-                port,
-                grpc_port or None,
-                log_level,
-                log_config=log_config,
-                keys=keys,
-                tls=tls,
-                limits=limits,
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(
+                run_server(
+                    plane,
+                    host,
+                    port,
+                    grpc_port or None,
+                    log_level,
+                    log_config=log_config,
+                    keys=keys,
+                    tls=tls,
+                    limits=limits,
+                )
             )
-        )
     finally:
         if monitor is not None:
             monitor.close()  # every answered prediction reaches the log

@@ -58,7 +58,7 @@ class BatchPolicy:
 class _Request:
     #: Columns, or a (rows, features) array, split into columns once the batch is merged.
     columns: Columns | np.ndarray
-    future: asyncio.Future[list[Prediction]]
+    future: asyncio.Future[Batch]
     arrived: float
 
 
@@ -84,6 +84,12 @@ class Batcher:
 
     async def predict(self, model: Model, rows: Rows, **options: Any) -> list[Prediction]:
         """One result per row of ``rows``, scored alone or merged with concurrent requests."""
+        return (await self.run(model, rows, **options)).predictions()
+
+    async def run(self, model: Model, rows: Rows, **options: Any) -> Batch:
+        """The scored batch of ``rows`` (their own rows, numbered from 0), scored alone or
+        merged with concurrent requests; raises ValidationError when a rejecting model's
+        schema is broken."""
         columns = _split_later(rows, model.spec.feature_names)
         key = (model.name, repr(sorted(options.items())))
         queue = self._queues.get(key)
@@ -170,7 +176,7 @@ class _Queue:
             else:
                 request.future.set_result(answer)
 
-    def _answer(self, taken: list[_Request]) -> list[list[Prediction] | BaseException]:
+    def _answer(self, taken: list[_Request]) -> list[Batch | BaseException]:
         """Scores the requests as one batch (in a worker thread) and splits the results."""
         try:
             return self._split(taken, self._score([r.columns for r in taken]))
@@ -179,7 +185,7 @@ class _Queue:
                 return [exc]
         # the merged forward pass failed: run each request alone, so that a row that breaks
         # the model's own library fails only the request that sent it
-        answers: list[list[Prediction] | BaseException] = []
+        answers: list[Batch | BaseException] = []
         for request in taken:
             try:
                 answers += self._split([request], self._score([request.columns]))
@@ -197,9 +203,9 @@ class _Queue:
             concatenate(parts), all_or_nothing=rejecting, groups=groups, **self.options
         )
 
-    def _split(self, taken: list[_Request], batch: Batch) -> list[list[Prediction] | BaseException]:
+    def _split(self, taken: list[_Request], batch: Batch) -> list[Batch | BaseException]:
         rejecting = self.model.spec.on_invalid == "reject"
-        answers: list[list[Prediction] | BaseException] = []
+        answers: list[Batch | BaseException] = []
         start = 0
         for request in taken:
             stop = start + len(request.columns)
@@ -207,7 +213,7 @@ class _Queue:
             if rejecting and part.violations:
                 answers.append(ValidationError(in_row_order(part.violations)))
             else:
-                answers.append(part.predictions())
+                answers.append(part)
             start = stop
         return answers
 

@@ -37,7 +37,8 @@ DATATYPES: dict[str, np.dtype[Any]] = {
 
 @dataclass
 class Tensor:
-    """A named tensor: ``data`` is a numpy array of ``shape`` (BYTES elements are ``bytes``)."""
+    """A named tensor: ``data`` is a numpy array of ``shape`` (BYTES elements are ``bytes``,
+    or ``str`` in outputs: UTF-8 on the wire)."""
 
     name: str
     datatype: str
@@ -74,6 +75,13 @@ def check_header(name: str, datatype: Any, shape: Any) -> tuple[str, list[int]]:
 def from_json(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarray:
     """A tensor from JSON ``data``: flat or nested lists in row-major order."""
     expected = math.prod(shape)
+    if datatype != "BYTES" and isinstance(data, list):
+        try:  # numbers, flat or nested evenly: numpy reads them without a loop in Python
+            array = np.asarray(data, dtype=DATATYPES[datatype])
+        except (TypeError, ValueError, OverflowError):
+            array = None  # ragged, too deep or not numbers: the checks below say which
+        if array is not None and array.size == expected:
+            return array.reshape(shape)
     flat = _flatten(data)
     if len(flat) != expected:
         raise InputFormatError(
@@ -156,8 +164,14 @@ def to_bytes(tensor: Tensor) -> bytes:
 
 def to_json_data(tensor: Tensor) -> list[Any]:
     """The flat, row-major JSON data of a tensor."""
-    flat = tensor.data.reshape(-1)
+    flat: list[Any] = tensor.data.reshape(-1).tolist()
     if tensor.datatype == "BYTES":
-        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat]
-    result: list[Any] = flat.tolist()
-    return result
+        return [
+            v
+            if isinstance(v, str)
+            else v.decode("utf-8", "replace")
+            if isinstance(v, bytes)
+            else str(v)
+            for v in flat
+        ]
+    return flat

@@ -7,7 +7,6 @@ Transports turn their wire format into an :class:`InferRequest` and back from an
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +15,7 @@ import numpy as np
 import foretell
 from foretell.errors import InputFormatError, NotFoundError
 from foretell.insight.conformal import check_confidence
-from foretell.pipeline import Prediction
+from foretell.pipeline.model import Batch
 from foretell.repository.spec import Feature, ModelSpec
 from foretell.runtimes.base import UPLIFT_OUTPUTS
 from foretell.serving.dataplane import DataPlane
@@ -167,8 +166,8 @@ class V2:
         with self.plane.using(request.model, request.version) as model:
             rows = self._rows(model.spec, request.inputs)
             options = insight_options(request.parameters)
-            results = await self.plane.batcher.predict(model, rows, **options)
-            outputs = self._outputs(model.spec, results, request.outputs)
+            batch = await self.plane.batcher.run(model, rows, **options)
+            outputs = self._outputs(model.spec, batch, request.outputs)
         return InferResponse(model.name, model.version, outputs, request.id)
 
     def _rows(self, spec: ModelSpec, inputs: list[Tensor]) -> Any:
@@ -215,10 +214,10 @@ class V2:
         return cached[1]
 
     def _outputs(
-        self, spec: ModelSpec, results: list[Prediction], wanted: list[RequestedOutput] | None
+        self, spec: ModelSpec, batch: Batch, wanted: list[RequestedOutput] | None
     ) -> list[Tensor]:
         available = self._available(spec)
-        extras = {t.name: t for t in insight_tensors(results)}
+        extras = {t.name: t for t in insight_tensors(batch)}
         names = [*available, *extras] if wanted is None else [o.name for o in wanted]
         unknown = [n for n in names if n not in available and n not in extras]
         if unknown:
@@ -233,59 +232,70 @@ class V2:
                 extras[n].parameters.update(params.get(n, {}))
                 tensors.append(extras[n])
             else:
-                tensors.append(_output_tensor(spec, available[n], results, params.get(n, {})))
+                tensors.append(_output_tensor(available[n], batch, params.get(n, {})))
         return tensors
 
 
-def insight_tensors(results: list[Prediction]) -> list[Tensor]:
-    """The extra outputs of results that carry explanations or uncertainty (NaN, or an empty
-    set, for rows that were not scored).
+def insight_tensors(batch: Batch) -> list[Tensor]:
+    """The extra outputs of a batch that carries explanations or uncertainty (NaN, or an
+    empty set, for rows that were not scored).
 
     ``base_value`` [rows] and ``attribution`` [rows, inputs] FP64, the inputs' names listed as
     JSON text in the ``features`` parameter of ``attribution``; ``lower`` and ``upper`` [rows]
-    FP64 (regression) or ``prediction_set`` [rows] BYTES, JSON lists of labels
-    (classification); and ``confidence`` [rows] FP64, the level used.
+    FP64 (regression, and Bayesian models' credible intervals) or ``prediction_set`` [rows]
+    BYTES, JSON lists of labels (classification); and ``confidence`` [rows] FP64, the level
+    used.
     """
-    n, nan = len(results), float("nan")
+    insight = set(batch.insight)
+    n = batch.length
+
+    def column(name: str) -> np.ndarray:
+        return _spread(batch, batch.outputs[name].astype(np.float64), np.nan)
+
     tensors = []
-    explained = next((r.explanation for r in results if r.explanation), None)
-    if explained is not None:
-        names = list(explained["attributions"])
-        base = [r.explanation["base_value"] if r.explanation else nan for r in results]
-        attributions = [
-            [r.explanation["attributions"][f] for f in names]
-            if r.explanation
-            else [nan] * len(names)
-            for r in results
-        ]
+    if "base_value" in insight:
+        names = [c[len("attribution[") : -1] for c in batch.insight if c.endswith("]")]
+        attribution = np.stack([column(f"attribution[{f}]") for f in names], axis=1)
         tensors += [
-            Tensor("base_value", "FP64", [n], np.array(base, dtype=np.float64)),
+            Tensor("base_value", "FP64", [n], column("base_value")),
             Tensor(
                 "attribution",
                 "FP64",
                 [n, len(names)],
-                np.array(attributions, dtype=np.float64).reshape(n, len(names)),
+                attribution.reshape(n, len(names)),
                 {"features": json.dumps(names)},
             ),
         ]
-    uncertain = next((r.uncertainty for r in results if r.uncertainty), None)
-    if uncertain is not None:
-        if "interval" in uncertain:
-            bounds = [r.uncertainty["interval"] if r.uncertainty else [nan, nan] for r in results]
-            pairs = np.array(bounds, dtype=np.float64).reshape(n, 2)
-            tensors += [
-                Tensor("lower", "FP64", [n], pairs[:, 0].copy()),
-                Tensor("upper", "FP64", [n], pairs[:, 1].copy()),
-            ]
-        else:
-            sets = np.empty(n, dtype=object)
-            sets[:] = [
-                json.dumps(r.uncertainty["set"] if r.uncertainty else []).encode() for r in results
-            ]
-            tensors.append(Tensor("prediction_set", "BYTES", [n], sets))
-        levels = [r.uncertainty["confidence"] if r.uncertainty else nan for r in results]
-        tensors.append(Tensor("confidence", "FP64", [n], np.array(levels, dtype=np.float64)))
+    if "lower" in insight:
+        tensors += [
+            Tensor("lower", "FP64", [n], column("lower")),
+            Tensor("upper", "FP64", [n], column("upper")),
+        ]
+    elif "prediction_set" in insight:
+        sets = _texts([json.dumps(s) for s in batch.outputs["prediction_set"].tolist()])
+        tensors.append(Tensor("prediction_set", "BYTES", [n], _spread(batch, sets, "[]")))
+    level = "level" if "level" in insight else "confidence" if "confidence" in insight else None
+    if level is not None:
+        tensors.append(Tensor("confidence", "FP64", [n], column(level)))
     return tensors
+
+
+def _spread(batch: Batch, values: np.ndarray, missing: Any) -> np.ndarray:
+    """``values`` of the scored rows spread over every row of ``batch``, ``missing`` in the
+    rows not scored."""
+    if len(batch.usable) == batch.length:
+        return values
+    full = np.empty((batch.length, *values.shape[1:]), dtype=values.dtype)
+    full[:] = missing
+    full[batch.usable] = values
+    return full
+
+
+def _texts(values: Any) -> np.ndarray:
+    """A BYTES tensor's data: a 1-D object array of ``values`` as text."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
 
 
 def _text(value: Any) -> Any:
@@ -314,41 +324,40 @@ def _json_list(name: str, text: str) -> Any:
         ) from None
 
 
-def _output_tensor(
-    spec: ModelSpec, meta: dict[str, Any], results: list[Prediction], parameters: dict[str, Any]
-) -> Tensor:
+def _output_tensor(meta: dict[str, Any], batch: Batch, parameters: dict[str, Any]) -> Tensor:
+    """One of the protocol's task outputs, for every row of ``batch``, straight from its
+    columns (rows not scored hold NaN, -1, false or an empty string)."""
     name, datatype = meta["name"], meta["datatype"]
-    n = len(results)
-    values: list[Any]
+    shape = [batch.length, *meta["shape"][1:]]
+    values: Any
     if name == "prediction_id":
-        values = [r.prediction_id for r in results]
-    elif name == "decision":
-        values = [r.decision or "" for r in results]
+        values = _texts(batch.prediction_ids)
     elif name == "error":
-        values = [r.error or "" for r in results]
-    elif name == "probabilities":
-        labels = spec.labels or []
-        nan = [float("nan")] * len(labels)
-        values = [list(r.outputs["probabilities"].values()) if r.outputs else nan for r in results]
-    elif name in ("items", "scores"):
-        k = meta["shape"][1]
-        key = "item" if name == "items" else "score"
-        pad: Any = "" if name == "items" else float("nan")
-        values = []
-        for r in results:
-            ranked = [e[key] for e in r.outputs.get("items", [])][:k]
-            values.append(ranked + [pad] * (k - len(ranked)))
+        errors = batch.errors()
+        values = _texts([errors.get(row, "") for row in range(batch.length)])
     else:
-        missing: Any = {"BYTES": "", "BOOL": False, "INT64": -1}.get(datatype, float("nan"))
-        values = [r.outputs.get(name, missing) for r in results]
-    shape = [n, *meta["shape"][1:]]
+        missing: Any = {"BYTES": "", "BOOL": False, "INT64": -1}.get(datatype, np.nan)
+        if name == "decision":
+            values = _spread(batch, batch.decisions.astype(object), "")
+        elif name not in batch.outputs:
+            values = np.full(shape, missing, dtype=object if datatype == "BYTES" else None)
+        else:
+            values = _spread(batch, _width(batch.outputs[name], shape, missing), missing)
     if datatype == "BYTES":
-        array = np.empty(math.prod(shape), dtype=object)
-        flat = [v for row in values for v in row] if len(shape) == 2 else values
-        array[:] = [str(v).encode() for v in flat]
-        array = array.reshape(shape)
+        flat = values.reshape(-1).tolist()
+        if not all(isinstance(v, str) for v in flat):
+            flat = [str(v) for v in flat]
+        array = _texts(flat).reshape(shape)
     else:
-        array = np.asarray(
-            values, dtype={"FP64": np.float64, "INT64": np.int64, "BOOL": np.bool_}[datatype]
-        ).reshape(shape)
+        numpy_type = {"FP64": np.float64, "INT64": np.int64, "BOOL": np.bool_}[datatype]
+        array = np.asarray(values, dtype=numpy_type).reshape(shape)
     return Tensor(name, datatype, shape, array, dict(parameters))
+
+
+def _width(values: np.ndarray, shape: list[int], missing: Any) -> np.ndarray:
+    """A 2-D output padded with ``missing`` to the protocol's width (top-k lists of a model
+    with fewer items than k)."""
+    if len(shape) != 2 or values.shape[1] >= shape[1]:
+        return values
+    pad = np.full((values.shape[0], shape[1] - values.shape[1]), missing, dtype=values.dtype)
+    return np.concatenate([values, pad], axis=1)

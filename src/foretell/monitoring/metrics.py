@@ -16,9 +16,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 if TYPE_CHECKING:
     from foretell.pipeline.model import Batch
@@ -31,6 +32,7 @@ class ServingMetrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.requests = Counter(
             "foretell_requests",
             "Requests answered, by model, protocol and HTTP status.",
@@ -89,16 +91,25 @@ class ServingMetrics:
             registry=r,
         )
 
+    def child(self, metric: MetricWrapperBase, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once: on the hot path the lookup costs more
+        than the update."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     def observe_batch(self, batch: Batch) -> None:
         """Records a scored batch: stage times, rows, rejected rows and broken rules."""
         name, version = batch.model.name, batch.model.version
         for stage, millis in batch.timings_ms.items():
-            self.stage.labels(name, stage).observe(millis / 1000.0)
-        self.batch_rows.labels(name).observe(batch.length)
-        self.scored.labels(name, version).inc(len(batch.usable))
+            self.child(self.stage, name, stage).observe(millis / 1000.0)
+        self.child(self.batch_rows, name).observe(batch.length)
+        self.child(self.scored, name, version).inc(len(batch.usable))
         rejected = batch.length - len(batch.usable)
         if rejected:
-            self.rejected.labels(name, version).inc(rejected)
+            self.child(self.rejected, name, version).inc(rejected)
         for found in batch.violations.values():
             for v in found:
                 self.violations.labels(name, v.field, v.rule).inc()

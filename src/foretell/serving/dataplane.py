@@ -111,7 +111,7 @@ class DataPlane:
             model = self.model(name, version)
             state = self.states[name]
             state.in_flight += 1
-        gauge = self.metrics.in_flight.labels(name)
+        gauge = self.metrics.child(self.metrics.in_flight, name)
         gauge.inc()
         try:
             yield model

@@ -7,7 +7,6 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -44,9 +43,6 @@ class RequestMetrics:
 
     def __init__(self, app: ASGIApp, plane: DataPlane) -> None:
         self.app, self.plane = app, plane
-        # the labelled children of the request metrics: looking one up costs more than using it
-        self._counters: dict[tuple[str, str, int], Any] = {}
-        self._timers: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -82,16 +78,9 @@ class RequestMetrics:
         model = name if name in self.plane.states else "(unknown)"
         path = scope["path"]
         protocol = "v1" if path.startswith("/v1/") else "ui" if path.startswith("/ui/") else "v2"
-        counter = self._counters.get((model, protocol, status))
-        if counter is None:
-            counter = self.plane.metrics.requests.labels(model, protocol, str(status))
-            self._counters[(model, protocol, status)] = counter
-        counter.inc()
-        timer = self._timers.get((model, protocol))
-        if timer is None:
-            timer = self.plane.metrics.duration.labels(model, protocol)
-            self._timers[(model, protocol)] = timer
-        timer.observe(seconds)
+        metrics = self.plane.metrics
+        metrics.child(metrics.requests, model, protocol, str(status)).inc()
+        metrics.child(metrics.duration, model, protocol).observe(seconds)
         if access.isEnabledFor(logging.INFO):
             access.info(
                 "%s %s %d",

@@ -9,8 +9,8 @@ A request that is not answered within ``request_timeout`` seconds, counting from
 headers arrived, is answered 504 (gRPC ``DEADLINE_EXCEEDED``). Python cannot stop a thread, so
 a model still computing goes on in its worker thread and its result is dropped; the timeout
 frees the caller, not the CPU. A client that takes longer than the same limit to send its
-request headers is disconnected (:class:`HeaderDeadline`): slow clients hold a socket for at
-most that long and never hold a worker.
+request headers is disconnected (:class:`foretell.serving.protocol.HttpProtocol`): slow
+clients hold a socket for at most that long and never hold a worker.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from typing import Any, TypeVar
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from foretell.errors import ForetellError, RateLimitedError, RequestTimeoutError
 
@@ -200,41 +199,3 @@ async def send_error(
         }
     )
     await send({"type": "http.response.body", "body": body})
-
-
-class HeaderDeadline(HttpToolsProtocol):
-    """uvicorn's HTTP protocol, closing connections that take over :attr:`seconds` to send a
-    request's headers (uvicorn itself only times out idle keep-alive connections)."""
-
-    seconds: float = REQUEST_TIMEOUT
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._deadline: asyncio.TimerHandle | None = None
-        self._arm()
-
-    def data_received(self, data: bytes) -> None:
-        if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
-            self._arm()  # bytes of a new request: its headers must be complete in time
-        super().data_received(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-        super().connection_lost(exc)
-
-    def _arm(self) -> None:
-        waiting_since = self.cycle
-        self._deadline = self.loop.call_later(self.seconds, self._expire, waiting_since)
-
-    def _expire(self, waiting_since: object) -> None:
-        self._deadline = None
-        no_new_request = self.cycle is waiting_since
-        idle = self.cycle is None or self.cycle.response_complete
-        if no_new_request and idle and not self.transport.is_closing():
-            self.transport.close()
-
-
-def header_deadline(seconds: float) -> type[HeaderDeadline]:
-    """The protocol class for uvicorn (``http=``) that closes slow senders after ``seconds``."""
-    return type("HeaderDeadline", (HeaderDeadline,), {"seconds": seconds})

@@ -13,7 +13,8 @@ import uvicorn
 from foretell.serving.dataplane import DataPlane
 from foretell.serving.http import create_app
 from foretell.serving.keys import KeyStore
-from foretell.serving.limits import Limits, header_deadline
+from foretell.serving.limits import Limits
+from foretell.serving.protocol import http_protocol
 from foretell.serving.v2 import V2
 from foretell.serving.workers import mark_ready, shared_socket
 
@@ -55,7 +56,7 @@ async def serve(
         log_config=log_config,
         ssl_certfile=str(tls[0]) if tls else None,
         ssl_keyfile=str(tls[1]) if tls else None,
-        http=header_deadline(limits.request_timeout) if limits.request_timeout else "auto",
+        http=http_protocol(limits.request_timeout),
     )
     http = uvicorn.Server(config)
     grpc_server = None

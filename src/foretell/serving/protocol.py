@@ -1,0 +1,81 @@
+"""uvicorn's HTTP protocol as foretell runs it: each response leaves in one write, and
+clients slow to send their request headers are disconnected."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+class OneWrite:
+    """A transport whose writes within one turn of the event loop leave as one.
+
+    uvicorn writes a response's head and body separately; on a small response the second
+    send costs as much as the first (a syscall, and a TCP segment for the client to read).
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport, self.loop = transport, loop
+        self.pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self.pending:
+            self.loop.call_soon(self.flush)
+        self.pending.append(data)
+
+    def flush(self) -> None:
+        if self.pending:
+            data = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)
+            self.pending.clear()
+            if not self.transport.is_closing():
+                self.transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+class HttpProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol writing through :class:`OneWrite`, and closing connections
+    that take over :attr:`seconds` to send a request's headers (uvicorn itself only times out
+    idle keep-alive connections); ``None`` waits for ever."""
+
+    seconds: float | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(OneWrite(transport, self.loop))  # type: ignore[arg-type]
+        self._deadline: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
+            self._arm()  # bytes of a new request: its headers must be complete in time
+        super().data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self.seconds is not None:
+            waiting_since = self.cycle
+            self._deadline = self.loop.call_later(self.seconds, self._expire, waiting_since)
+
+    def _expire(self, waiting_since: object) -> None:
+        self._deadline = None
+        no_new_request = self.cycle is waiting_since
+        idle = self.cycle is None or self.cycle.response_complete
+        if no_new_request and idle and not self.transport.is_closing():
+            self.transport.close()
+
+
+def http_protocol(header_seconds: float | None) -> type[HttpProtocol]:
+    """The protocol class for uvicorn (``http=``), closing senders of headers slower than
+    ``header_seconds`` (None: never)."""
+    return type("HttpProtocol", (HttpProtocol,), {"seconds": header_seconds})

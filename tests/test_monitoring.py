@@ -234,3 +234,83 @@ def test_feedback_import_and_monitor_report(examples_root: Path, tmp_path: Path)
     page = (tmp_path / "r.html").read_text()
     assert "<svg" in page and "Monitoring of breast-cancer" in page
     assert 'src="http' not in page and 'href="http' not in page
+
+
+# -- the prediction log's writes, in SQLite and PostgreSQL -----------------------------------
+
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def monitoring_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh monitoring store's URI (PostgreSQL's tables are dropped afterwards)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'monitoring.db'}"
+    prefix = f"monitoring_{time.time_ns()}"
+
+    def drop() -> None:
+        import psycopg
+
+        with psycopg.connect(POSTGRES, connect_timeout=5, autocommit=True) as conn:
+            for table in ("predictions", "feedback"):
+                conn.execute(f'DROP TABLE IF EXISTS "{prefix}_{table}"')
+
+    request.addfinalizer(drop)
+    return f"{POSTGRES}?table={prefix}"
+
+
+def test_logged_rows_are_stored_once_exactly_as_given(monitoring_uri: str) -> None:
+    from foretell.monitoring.store import MonitoringStore
+
+    rows = [
+        {
+            "prediction_id": f"p{i}",
+            "model": "m",
+            "version": "1",
+            "ts": 1000.1 + i / 3,
+            "inputs": orjson.dumps({"a": i / 7, "b": None, "c": 'it\'s "quoted"\n'}).decode(),
+            "outputs": orjson.dumps({"label": "é", "probabilities": {"x": 0.1}}).decode(),
+            "decision": "routine",
+            "latency_ms": 0.1 * i,
+        }
+        for i in range(5)
+    ]
+    bare = {"prediction_id": "p5", "model": "m", "version": "1", "ts": 1009.0}
+    store = MonitoringStore(monitoring_uri)
+    try:
+        store.log(rows[:3])
+        store.log([*rows, rows[4]])  # a retried write, and a row given twice
+        store.log([{**bare, "inputs": "{}", "outputs": "{}"}])  # no decision nor latency
+        logged = store.predictions_of("m").to_dict("records")
+    finally:
+        store.dispose()
+    assert logged[:5] == rows  # oldest first
+    assert pd.isna(logged[5]["decision"]) and pd.isna(logged[5]["latency_ms"])  # NULL
+
+
+def test_the_log_samples_rows_and_stores_inputs_and_outputs_as_json(
+    repository: Repository, monitoring_uri: str
+) -> None:
+    from foretell.monitoring.predlog import PredictionLog
+    from foretell.monitoring.store import MonitoringStore
+
+    model = repository.load("breast-cancer")
+    rows = load_breast_cancer().data[:200].astype(object)
+    rows[[3, 50], 0] = -1.0  # breaks the feature's minimum: not scored, not logged
+    batch = model.run(rows)
+    store = MonitoringStore(monitoring_uri)
+    predlog = PredictionLog(store, sample_rate=0.5)
+    try:
+        predlog.observe(batch)
+        predlog.close()
+        logged = store.predictions_of("breast-cancer").to_dict("records")
+    finally:
+        store.dispose()
+    scored = dict(zip(np.array(batch.prediction_ids)[batch.usable], batch.records(), strict=True))
+    assert 60 < len(logged) == predlog.written < 140
+    names = model.spec.feature_names
+    for row in logged:
+        position = batch.prediction_ids.index(row["prediction_id"])
+        assert orjson.loads(row["inputs"]) == dict(zip(names, rows[position], strict=True))
+        assert orjson.loads(row["outputs"]) == scored[row["prediction_id"]]
+        assert (row["model"], row["version"]) == ("breast-cancer", model.version)

@@ -51,8 +51,5 @@ def configure(level: str = "info", fmt: str = "text") -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "loggers": {
-            "uvicorn": {"level": level.upper()},
-            "uvicorn.access": {"level": "WARNING" if fmt == "json" else level.upper()},
-        },
+        "loggers": {"uvicorn": {"level": level.upper()}},
     }

@@ -8,11 +8,11 @@ import threading
 import time
 import uuid
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
@@ -39,7 +39,9 @@ MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
 class RequestMetrics:
-    """ASGI middleware counting and timing requests to model routes, by status."""
+    """ASGI middleware around every request: its id (``X-Request-ID``, made up when the
+    caller sent none), the access log, the request metrics of model routes, and a JSON 500
+    for an error nothing else answered (then raised on, for the server's log)."""
 
     def __init__(self, app: ASGIApp, plane: DataPlane) -> None:
         self.app, self.plane = app, plane
@@ -48,7 +50,7 @@ class RequestMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500
+        status = 0
         started = time.perf_counter()
         request_id = next(
             (v.decode("latin-1")[:128] for k, v in scope["headers"] if k == b"x-request-id"), ""
@@ -67,20 +69,26 @@ class RequestMetrics:
 
         try:
             await self.app(scope, receive, record_status)
+        except Exception as exc:
+            if not status:
+                body = orjson.dumps({"error": f"internal error: {type(exc).__name__}"})
+                await record_status(_start(500, body))
+                await send({"type": "http.response.body", "body": body})
+            raise
         finally:
-            name = scope.get("path_params", {}).get("name")
-            if name is not None:
-                self._record(scope, name, status, time.perf_counter() - started, request_id)
+            self._record(scope, status or 500, time.perf_counter() - started, request_id)
 
-    def _record(
-        self, scope: Scope, name: str, status: int, seconds: float, request_id: str
-    ) -> None:
-        model = name if name in self.plane.states else "(unknown)"
+    def _record(self, scope: Scope, status: int, seconds: float, request_id: str) -> None:
         path = scope["path"]
-        protocol = "v1" if path.startswith("/v1/") else "ui" if path.startswith("/ui/") else "v2"
-        metrics = self.plane.metrics
-        metrics.child(metrics.requests, model, protocol, str(status)).inc()
-        metrics.child(metrics.duration, model, protocol).observe(seconds)
+        name = scope.get("path_params", {}).get("name")
+        model = None if name is None else name if name in self.plane.states else "(unknown)"
+        if model is not None:
+            protocol = (
+                "v1" if path.startswith("/v1/") else "ui" if path.startswith("/ui/") else "v2"
+            )
+            metrics = self.plane.metrics
+            metrics.child(metrics.requests, model, protocol, str(status)).inc()
+            metrics.child(metrics.duration, model, protocol).observe(seconds)
         if access.isEnabledFor(logging.INFO):
             access.info(
                 "%s %s %d",
@@ -89,11 +97,23 @@ class RequestMetrics:
                 status,
                 extra={
                     "request_id": request_id,
-                    "model": model,
+                    **({"model": model} if model is not None else {}),
                     "status": status,
                     "duration_ms": round(seconds * 1000, 3),
                 },
             )
+
+
+def _start(status: int, body: bytes) -> Message:
+    """The start of a JSON response of ``body``."""
+    return {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+    }
 
 
 def create_app(
@@ -297,7 +317,7 @@ def create_app(
         app = EnforceLimits(app, limits)
     if keys is not None:
         app = Authorise(app, keys)
-    return ServerErrorMiddleware(RequestMetrics(app, plane), handler=server_error)
+    return RequestMetrics(app, plane)
 
 
 class Dispatch:

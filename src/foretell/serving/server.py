@@ -52,6 +52,7 @@ async def serve(
         port=port,
         log_level=log_level.lower(),
         lifespan="off",
+        access_log=False,  # foretell.access logs every request, with its id
         timeout_graceful_shutdown=int(grace_seconds),
         log_config=log_config,
         ssl_certfile=str(tls[0]) if tls else None,

@@ -2,4 +2,5 @@
 
 from foretell.cli import main
 
-main()
+if __name__ == "__main__":  # not when a spawned process (the prediction log's) imports it
+    main()

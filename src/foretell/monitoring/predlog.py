@@ -1,20 +1,26 @@
 """The prediction log: every scored row (or a sample) written off the hot path.
 
-Serving threads hand whole scored batches to a bounded queue; one writer thread turns them into
-rows and stores what gathered within ``LINGER_S`` in one transaction. A full queue makes serving
-wait rather than drop a prediction; a failed write is retried, counted and logged, never raised
-into serving. ``close()`` flushes what is queued, so a graceful shutdown loses nothing that was
+Serving threads hand whole scored batches to a bounded queue. A thread ships what gathered
+within ``LINGER_S`` to a writer process, which turns the batches into rows (JSON of inputs and
+outputs) and stores them in one transaction: that work holds no lock the serving process
+needs. A full queue makes serving wait rather than drop a prediction; a failed write is
+retried, counted and logged, never raised into serving; a writer process that dies is
+restarted. ``close()`` flushes what is queued, so a graceful shutdown loses nothing that was
 answered.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import multiprocessing
 import queue
 import random
+import signal
 import threading
 import time
 from collections.abc import Sequence
+from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,17 +32,20 @@ if TYPE_CHECKING:
     from prometheus_client import Counter
 
     from foretell.pipeline.model import Batch
+    from foretell.repository.spec import ModelSpec
 
 log = logging.getLogger("foretell.predlog")
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+#: A model as the writer process knows it: (name, version, id of the loaded model).
+_Key = tuple[str, str, int]
 
 
 class PredictionLog:
-    """Logs scored batches to a :class:`MonitoringStore` from a background thread."""
+    """Logs scored batches to a :class:`MonitoringStore` from a writer process."""
 
     #: The most queued batches written in one transaction.
     GROUP = 256
-    #: How long the writer lets batches gather before writing them, in seconds.
+    #: How long batches gather before they are shipped and written, in seconds.
     LINGER_S = 0.05
 
     def __init__(
@@ -48,9 +57,13 @@ class PredictionLog:
     ) -> None:
         self.store, self.sample_rate, self.failures = store, sample_rate, failures
         self.queue: queue.Queue[Batch | None] = queue.Queue(maxsize=capacity)
+        #: Predictions stored so far (as the writer process reports them).
         self.written = 0
-        self.writer = threading.Thread(target=self._run, name="foretell-predlog", daemon=True)
-        self.writer.start()
+        self._process: Any = None
+        self._pipe: Connection | None = None
+        self._known: set[_Key] = set()  # the models whose spec the writer process has
+        self.shipper = threading.Thread(target=self._run, name="foretell-predlog", daemon=True)
+        self.shipper.start()
 
     def observe(self, batch: Batch) -> None:
         """Queues a scored batch (waits if the writer is far behind)."""
@@ -61,24 +74,107 @@ class PredictionLog:
         stopping = False
         while not stopping:
             # one transaction for everything queued, after a short wait for more: a commit per
-            # 1-row request would cap serving at the store's commits per second, and each
-            # transaction costs the CPU of some ten rows, much of it under the GIL
+            # 1-row request would cap serving at the store's commits per second
             batches = [self.queue.get()]
             if batches[0] is not None and self.queue.qsize() < self.GROUP:
                 time.sleep(self.LINGER_S)
             while len(batches) < self.GROUP and not self.queue.empty():
                 batches.append(self.queue.get_nowait())
             stopping = any(batch is None for batch in batches)
-            rows = [row for batch in batches if batch is not None for row in self._rows(batch)]
-            if rows:
-                self._write(rows)
+            scored = [batch for batch in batches if batch is not None]
+            if scored:
+                self._ship(scored)
+        self._stop()
 
-    def _write(self, rows: list[dict[str, Any]]) -> None:
+    def _ship(self, batches: list[Batch]) -> None:
+        """Sends batches to the writer process, starting it (again) when needed."""
+        for _ in range(2):
+            try:
+                pipe = self._pipe or self._start()
+                pipe.send([self._item(batch) for batch in batches])
+                self._collect(block=False)
+                return
+            except (OSError, EOFError) as exc:  # the writer died: start another, once
+                log.error("the prediction log's writer process stopped (%s); restarting", exc)
+                self._pipe = None
+        self._count(0, sum(len(batch.usable) for batch in batches))
+
+    def _item(self, batch: Batch) -> tuple[_Key, ModelSpec | None, Batch]:
+        model = batch.model
+        key = (model.name, model.version, id(model))
+        spec = None if key in self._known else model.spec
+        self._known.add(key)
+        return key, spec, dataclasses.replace(batch, model=None)  # type: ignore[arg-type]
+
+    def _start(self) -> Connection:
+        context = multiprocessing.get_context("spawn")  # no fork of a threaded server
+        ours, theirs = context.Pipe()
+        self._process = context.Process(
+            target=_write_forever,
+            args=(theirs, self.store.connect_uri, self.sample_rate),
+            name="foretell-predlog-writer",
+            daemon=True,
+        )
+        self._process.start()
+        theirs.close()
+        self._pipe, self._known = ours, set()
+        return ours
+
+    def _collect(self, block: bool) -> None:
+        """Counts what the writer reports: (stored, dropped) per transaction; with ``block``,
+        until it ends."""
+        pipe = self._pipe
+        while pipe is not None and (block or pipe.poll()):
+            try:
+                stored, dropped = pipe.recv()
+            except EOFError:
+                return
+            self._count(stored, dropped)
+
+    def _count(self, stored: int, dropped: int) -> None:
+        self.written += stored
+        if dropped:
+            if self.failures is not None:
+                self.failures.inc(dropped)
+            log.error("dropped %d predictions after 5 failed writes", dropped)
+
+    def _stop(self) -> None:
+        if self._pipe is None:
+            return
+        try:
+            self._pipe.send(None)
+            self._collect(block=True)
+        except OSError:
+            pass
+        self._process.join(10)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Writes everything queued, then stops the writer."""
+        self.queue.put(None)
+        self.shipper.join(timeout)
+
+
+class _Writer:
+    """Turns scored batches into rows and stores them: the writer process's work."""
+
+    def __init__(self, store: MonitoringStore, sample_rate: float) -> None:
+        self.store, self.sample_rate = store, sample_rate
+        self.models: dict[_Key, _Logged] = {}
+
+    def write(self, items: list[tuple[_Key, ModelSpec | None, Batch]]) -> tuple[int, int]:
+        """Stores the rows of ``items``: (rows stored, rows dropped after failed writes)."""
+        rows = []
+        for key, spec, batch in items:
+            if spec is not None:
+                self.models[key] = _Logged(spec)
+            batch.model = self.models[key]  # type: ignore[assignment]
+            rows += self._rows(batch)
+        if not rows:
+            return 0, 0
         for attempt in range(5):
             try:
                 self.store.log(rows)
-                self.written += len(rows)
-                return
+                return len(rows), 0
             except Exception as exc:  # the store is down: retry, then count and go on
                 log.warning(
                     "writing %d predictions failed (%s); attempt %d",
@@ -87,9 +183,7 @@ class PredictionLog:
                     attempt + 1,
                 )
                 time.sleep(min(0.2 * 2**attempt, 3.0))
-        if self.failures is not None:
-            self.failures.inc(len(rows))
-        log.error("dropped %d predictions after 5 failed writes", len(rows))
+        return 0, len(rows)
 
     def _rows(self, batch: Batch) -> list[dict[str, Any]]:
         kept: Sequence[int] = range(len(batch.usable))
@@ -125,10 +219,33 @@ class PredictionLog:
             )
         return rows
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Writes everything queued, then stops the writer."""
-        self.queue.put(None)
-        self.writer.join(timeout)
+
+class _Logged:
+    """What the writer process needs of a model: its name, version, spec and postprocessor
+    (``Batch.records`` reads them)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        from foretell.pipeline.postprocess import Postprocessor
+
+        self.spec, self.name, self.version = spec, spec.name, spec.version
+        self.postprocessor = Postprocessor(spec)
+
+
+def _write_forever(pipe: Connection, uri: str, sample_rate: float) -> None:
+    """The writer process: writes what arrives on ``pipe`` until None, or until the serving
+    process is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops it once it has drained
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    writer = _Writer(MonitoringStore(uri), sample_rate)
+    while True:
+        try:
+            items = pipe.recv()
+        except EOFError:
+            return
+        if items is None:
+            pipe.close()
+            return
+        pipe.send(writer.write(items))
 
 
 def _values(column: Any, rows: np.ndarray, whole: bool) -> list[Any]:

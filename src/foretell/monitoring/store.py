@@ -35,6 +35,8 @@ class MonitoringStore:
         if target.is_sqlite:
             target.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
         self.uri = target.display
+        #: The URI as given, secrets included: for the prediction log's writer process only.
+        self.connect_uri = uri
         self.engine = open_engine(target, self, wal=True)
         self.dialect = sqlite if target.is_sqlite else postgresql
         meta = sa.MetaData()

@@ -12,6 +12,7 @@ import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import reduce
 from typing import Any
 
 import numpy as np
@@ -108,16 +109,22 @@ class DecisionRules:
 
     def decide(self, quantities: dict[str, np.ndarray], n: int) -> np.ndarray:
         """The action for each of ``n`` rows: the first rule that holds, else the default."""
-        conditions, actions = [], []
-        for groups, action in self.rules:
-            holds = np.zeros(n, dtype=bool)
-            for group in groups:
-                both = np.ones(n, dtype=bool)
-                for c in group:
-                    both &= np.asarray(_OPS[c.op](quantities[c.quantity], c.literal), dtype=bool)
-                holds |= both
-            conditions.append(holds)
-            actions.append(action)
-        if not conditions:
-            return np.full(n, self.default, dtype=object)
-        return np.select(conditions, actions, default=self.default).astype(object)
+        decisions = np.empty(n, dtype=object)
+        decisions[:] = self.default
+        # the last rule is written first, so an earlier rule that holds has the last word
+        for groups, action in reversed(self.rules):
+            decisions[_holds(groups, quantities)] = action
+        return decisions
+
+
+def _holds(groups: list[list[Comparison]], quantities: dict[str, np.ndarray]) -> np.ndarray:
+    """Whether any group's comparisons all hold, row by row."""
+    alternatives = [
+        reduce(operator.and_, [_test(c, quantities) for c in group]) for group in groups
+    ]
+    return reduce(operator.or_, alternatives)
+
+
+def _test(c: Comparison, quantities: dict[str, np.ndarray]) -> np.ndarray:
+    """Whether the comparison holds, row by row."""
+    return np.asarray(_OPS[c.op](quantities[c.quantity], c.literal), dtype=bool)

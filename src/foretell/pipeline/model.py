@@ -19,7 +19,7 @@ from foretell.pipeline.decide import DecisionRules
 from foretell.pipeline.postprocess import Postprocessor
 from foretell.pipeline.preprocess import Preprocessor
 from foretell.pipeline.rows import Rows, to_columns
-from foretell.pipeline.validate import Validator, in_row_order
+from foretell.pipeline.validate import Checked, Validator, in_row_order
 from foretell.repository.spec import ModelSpec, read_spec
 from foretell.runtimes import Runtime, canonical, create_runtime
 
@@ -87,6 +87,7 @@ class Model:
         self.preprocessor = Preprocessor(spec, folder)
         self.postprocessor = Postprocessor(spec)
         self.rules = DecisionRules(spec, self.postprocessor.quantity_kinds())
+        self._feature_names = spec.feature_names
         #: Called with every scored batch (the server's metrics listen here).
         self.observers: list[Callable[[Batch], None]] = []
         # built on first use: scoring the calibration set, reading the background sample
@@ -163,11 +164,44 @@ class Model:
     ) -> Batch:
         """:meth:`run` without insight and without telling observers: for passes over rows
         nobody asked to predict, such as scoring a calibration set."""
-        timings: dict[str, float] = {}
-        started = time.perf_counter()
-        batch = to_columns(rows, self.spec.feature_names)
+        clock = time.perf_counter
+        laps = [clock()]  # when the call began, then when each stage ended
+        batch = to_columns(rows, self._feature_names)
         checked = self.validator.check(batch)
-        started = _lap(timings, "validate", started)
+        laps.append(clock())
+        usable = self._usable(checked, all_or_nothing, groups)
+        outputs: dict[str, np.ndarray] = {}
+        decisions: np.ndarray = np.empty(0, dtype=object)
+        if len(usable):
+            x = self.preprocessor.transform(checked.columns, usable, checked.matrix)
+            laps.append(clock())
+            raw = canonical(self.spec.task, self._forward(x))
+            laps.append(clock())
+            outputs, quantities = self.postprocessor.apply(raw, x)
+            laps.append(clock())
+            decisions = self.rules.decide(quantities, len(usable))
+            laps.append(clock())
+        # a batch with no usable row ends after validation: its later stages have no lap
+        pairs = zip(STAGES, laps, laps[1:], strict=False)
+        timings = {stage: round((end - start) * 1000.0, 4) for stage, start, end in pairs}
+        return Batch(
+            self,
+            len(batch),
+            usable,
+            outputs,
+            decisions,
+            checked.violations,
+            new_ids(len(batch)),
+            timings,
+            checked.columns,
+        )
+
+    def _usable(
+        self, checked: Checked, all_or_nothing: bool, groups: np.ndarray | None
+    ) -> np.ndarray:
+        """The indices of the rows to score (see :meth:`run`)."""
+        if not checked.violations:
+            return np.arange(checked.length, dtype=np.intp)
         unusable = checked.unusable()
         if self.spec.on_invalid == "reject":
             unusable[list(checked.violations)] = True
@@ -176,31 +210,7 @@ class Model:
                 unusable[:] = True
             else:
                 unusable |= np.isin(groups, groups[unusable])
-        usable = np.flatnonzero(~unusable)
-        outputs: dict[str, np.ndarray] = {}
-        decisions: np.ndarray = np.empty(0, dtype=object)
-        if len(usable):
-            x = self.preprocessor.transform(checked.columns, usable, checked.matrix)
-            started = _lap(timings, "preprocess", started)
-            raw = canonical(self.spec.task, self._forward(x))
-            started = _lap(timings, "forward", started)
-            outputs, quantities = self.postprocessor.apply(raw, x)
-            started = _lap(timings, "postprocess", started)
-            decisions = self.rules.decide(quantities, len(usable))
-            _lap(timings, "decide", started)
-        ids = new_ids(len(batch))
-        scored = Batch(
-            self,
-            len(batch),
-            usable,
-            outputs,
-            decisions,
-            checked.violations,
-            ids,
-            timings,
-            checked.columns,
-        )
-        return scored
+        return np.flatnonzero(~unusable)
 
     def predict(
         self, rows: Rows, *, explain: bool = False, confidence: float | None = None
@@ -272,8 +282,12 @@ class Batch:
     def records(self) -> list[dict[str, Any]]:
         """The outputs of the usable rows as JSON-ready dicts, with their ``explanation`` and
         ``uncertainty`` when the batch has them."""
+        if not len(self.usable):
+            return []
+        if not self.insight:
+            return self.model.postprocessor.records(self.outputs)
         task = {k: v for k, v in self.outputs.items() if k not in self.insight}
-        records = self.model.postprocessor.records(task) if len(self.usable) else []
+        records = self.model.postprocessor.records(task)
         for record, (explanation, uncertainty) in zip(records, self._grouped(), strict=True):
             if explanation is not None:
                 record["explanation"] = explanation
@@ -312,26 +326,32 @@ class Batch:
 
     def predictions(self) -> list[Prediction]:
         """One :class:`Prediction` per row, in order."""
-        spec = self.model.spec
+        name, version = self.model.spec.name, self.model.spec.version
+        ids, violations, timings = self.prediction_ids, self.violations, self.timings_ms
         records = self.records()
+        decisions = self.decisions.tolist()
         position = dict(zip(self.usable.tolist(), range(len(self.usable)), strict=True))
         results = []
         for row in range(self.length):
-            found = self.violations.get(row, [])
+            found = violations.get(row, [])
             j = position.get(row)
-            outputs = records[j] if j is not None else {}
+            if j is None:  # not scored: its violations say why
+                outputs, decision, flags = {}, None, []
+                error: str | None = "; ".join(v.message for v in found)
+            else:
+                outputs, decision, flags, error = records[j], str(decisions[j]), found, None
             results.append(
                 Prediction(
-                    prediction_id=self.prediction_ids[row],
-                    model=spec.name,
-                    version=spec.version,
+                    prediction_id=ids[row],
+                    model=name,
+                    version=version,
                     explanation=outputs.pop("explanation", None),
                     uncertainty=outputs.pop("uncertainty", None),
                     outputs=outputs,
-                    decision=str(self.decisions[j]) if j is not None else None,
-                    flags=found if j is not None else [],
-                    error=None if j is not None else "; ".join(v.message for v in found),
-                    timings_ms=dict(self.timings_ms),
+                    decision=decision,
+                    flags=flags,
+                    error=error,
+                    timings_ms=timings.copy(),
                 )
             )
         return results
@@ -360,15 +380,18 @@ class Batch:
         }
 
 
+#: A random hex digit -> the digit with the RFC 4122 variant bits (10xx) set, keeping its
+#: two low bits.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
 def new_ids(n: int) -> list[str]:
-    """``n`` random (version 4) UUIDs as text, made in bulk: a tenth of ``uuid.uuid4``'s cost."""
-    raw = np.frombuffer(os.urandom(16 * n), dtype=np.uint8).reshape(n, 16).copy()
-    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40
-    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
-    h = raw.tobytes().hex()
+    """``n`` random (version 4) UUIDs as text, made in bulk: a fraction of ``uuid.uuid4``'s
+    cost. The version and variant bits are written on the hex digits of random bytes."""
+    h = os.urandom(16 * n).hex()
     return [
-        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-{h[i + 12 : i + 16]}-{h[i + 16 : i + 20]}-"
-        f"{h[i + 20 : i + 32]}"
+        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-{_VARIANT[h[i + 16]]}"
+        f"{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
         for i in range(0, 32 * n, 32)
     ]
 

@@ -28,6 +28,8 @@ class Postprocessor:
         self.spec = spec
         self.task = spec.task
         self.labels = list(spec.labels or [])
+        self._label_array = np.array(self.labels, dtype=object)
+        self._probability_names = [f"probability[{label}]" for label in self.labels]
         self.top_k = spec.postprocessing.top_k
         #: A Bayesian model's rows also carry its posterior predictive (POSTERIOR_OUTPUTS).
         self.posterior = gives_posterior(spec)
@@ -35,6 +37,15 @@ class Postprocessor:
             items = next(f for f in spec.inputs if f.dtype == "list")
             self.items = np.array(items.categories or [], dtype=object)
             self.item_offset = _offset_of(spec, items.name)
+        self._handler = {
+            "classification": self._classes,
+            "text_classification": self._classes,
+            "regression": self._value,
+            "clustering": self._clusters,
+            "anomaly_detection": self._anomaly,
+            "recommendation": self._recommend,
+            "uplift": self._uplift,
+        }[self.task]
 
     def quantity_kinds(self) -> dict[str, str]:
         """The names decision rules may use for this model, each with its kind of value:
@@ -58,37 +69,33 @@ class Postprocessor:
 
     def apply(self, raw: dict[str, np.ndarray], x: np.ndarray) -> tuple[Columns, Quantities]:
         """Output columns for the rows of ``raw``; ``x`` is the encoded input they came from."""
-        handler = {
-            "classification": self._classes,
-            "text_classification": self._classes,
-            "regression": self._value,
-            "clustering": self._clusters,
-            "anomaly_detection": self._anomaly,
-            "recommendation": self._recommend,
-            "uplift": self._uplift,
-        }[self.task]
-        columns, quantities = handler(raw, x)
+        columns, quantities = self._handler(raw, x)
         posterior = {k: raw[k].astype(np.float64) for k in POSTERIOR_OUTPUTS if k in raw}
+        if not posterior:
+            return columns, quantities
         return {**columns, **posterior}, {**quantities, **posterior}
 
     def records(self, columns: Columns) -> list[dict[str, Any]]:
         """The outputs as one JSON-ready dict per row."""
         if self.task in ("classification", "text_classification"):
+            labels = self.labels
             probs = columns["probabilities"].tolist()
+            # a row has one probability per label (see _classes), and a keyword to zip costs
+            # more than the pairing itself, once per row
             out = [
-                {"label": label, "probabilities": dict(zip(self.labels, row, strict=True))}
+                {"label": label, "probabilities": dict(zip(labels, row, strict=True))}
                 for label, row in zip(columns["label"].tolist(), probs, strict=True)
             ]
             if self.top_k:
                 for result, row in zip(out, probs, strict=True):
                     order = sorted(range(len(row)), key=row.__getitem__, reverse=True)
                     result["top_k"] = [
-                        {"label": self.labels[j], "probability": row[j]}
-                        for j in order[: self.top_k]
+                        {"label": labels[j], "probability": row[j]} for j in order[: self.top_k]
                     ]
             posterior = [k for k in POSTERIOR_OUTPUTS if k in columns]
-            for j, result in enumerate(out):
-                result.update((k, float(columns[k][j])) for k in posterior)
+            if posterior:
+                for j, result in enumerate(out):
+                    result.update((k, float(columns[k][j])) for k in posterior)
             return out
         if self.task == "recommendation":
             return [
@@ -135,11 +142,11 @@ class Postprocessor:
                 f"the spec lists {len(self.labels)} labels {self.labels}"
             )
         best = probs.argmax(axis=1)
-        labels = np.array(self.labels, dtype=object)[best]
+        labels = self._label_array[best]
         confidence = probs[np.arange(len(probs)), best]
         quantities: Quantities = {"label": labels, "confidence": confidence}
-        for j, label in enumerate(self.labels):
-            quantities[f"probability[{label}]"] = probs[:, j]
+        # the rows of the transpose are the columns of each class, as views
+        quantities.update(zip(self._probability_names, probs.T, strict=True))
         return {"label": labels, "probabilities": probs}, quantities
 
     def _value(self, raw: dict[str, np.ndarray], x: np.ndarray) -> tuple[Columns, Quantities]:

@@ -42,6 +42,10 @@ class Preprocessor:
         self.plain = not spec.preprocessing and all(
             f.dtype in ("float", "int", "bool") for f in spec.inputs
         )
+        #: Per feature: the position of each of its categories among its encoded columns.
+        self._index = {
+            f.name: {c: i for i, c in enumerate(f.categories or [])} for f in spec.inputs
+        }
 
     def transform(
         self, columns: dict[str, Any], rows: np.ndarray, matrix: np.ndarray | None = None
@@ -54,9 +58,13 @@ class Preprocessor:
             text = columns[self.spec.inputs[0].name]
             return np.array([text[i] or "" for i in rows], dtype=object)
         cols: dict[str, Any] = {}
+        every = len(rows) == len(columns[self.spec.inputs[0].name])  # all, in order
         for f in self.spec.inputs:
             col = columns[f.name]
-            cols[f.name] = col[rows] if isinstance(col, np.ndarray) else [col[i] for i in rows]
+            if every:  # the steps below make new columns, never change these
+                cols[f.name] = col
+            else:
+                cols[f.name] = col[rows] if isinstance(col, np.ndarray) else [col[i] for i in rows]
         for step in self.spec.preprocessing:
             if step.step == "log1p":
                 for name in step.features:
@@ -76,7 +84,7 @@ class Preprocessor:
                         for u, items in zip(users, cols[name], strict=True)
                     ]
         encoded = [self._encode(f, cols[f.name]) for f in self.spec.inputs if f.encoding != "none"]
-        return np.column_stack(encoded)
+        return np.concatenate(encoded, axis=1)
 
     def _feature(self, name: str) -> Feature:
         return next(f for f in self.spec.inputs if f.name == name)
@@ -85,11 +93,10 @@ class Preprocessor:
         n = len(col)
         if f.dtype in ("float", "int", "bool"):
             return np.asarray(col, dtype=np.float64).reshape(n, 1)
-        cats = f.categories or []
-        index = {c: i for i, c in enumerate(cats)}
+        index = self._index[f.name]
         if f.dtype == "category" and f.encoding == "ordinal":
             return np.array([index.get(v, np.nan) for v in col], dtype=np.float64).reshape(n, 1)
-        out = np.zeros((n, len(cats)), dtype=np.float64)
+        out = np.zeros((n, len(f.categories or [])), dtype=np.float64)
         for row, value in enumerate(col):
             for item in value if isinstance(value, list) else [value]:
                 j = index.get(item)

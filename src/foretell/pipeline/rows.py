@@ -52,7 +52,8 @@ def to_columns(rows: Rows, names: list[str]) -> Columns:
                 f"an array input must have shape (rows, {len(names)}) in the order "
                 f"{names}; got shape {rows.shape}"
             )
-        return Columns({n: matrix[:, i] for i, n in enumerate(names)}, len(matrix), matrix)
+        # the rows of the transpose are the matrix's columns, as views
+        return Columns(dict(zip(names, matrix.T, strict=True)), len(matrix), matrix)
     if isinstance(rows, Mapping):
         return _mapping_columns(rows, names)
     if isinstance(rows, str | bytes) or not isinstance(rows, Sequence):
@@ -61,7 +62,8 @@ def to_columns(rows: Rows, names: list[str]) -> Columns:
             f"schema order; got {type(rows).__name__}"
         )
     records: list[Any] = list(rows)
-    if all(isinstance(r, Mapping) for r in records):
+    # a plain dict answers first: the Mapping check costs more, once per row
+    if all(type(r) is dict or isinstance(r, Mapping) for r in records):
         return Columns({n: [r.get(n) for r in records] for n in names}, len(records))
     width = len(names)
     for i, r in enumerate(records):

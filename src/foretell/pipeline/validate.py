@@ -71,14 +71,23 @@ class Validator:
         self.spec = spec
         numeric = [f for f in spec.inputs if f.dtype in ("float", "int", "bool")]
         self._numeric = numeric
+        self._numeric_names = [f.name for f in numeric]
+        #: Every input is a number: a clean numeric batch needs no per-column checks.
+        self._all_numeric = len(numeric) == len(spec.inputs)
         self._low = np.array([-np.inf if f.min is None else f.min for f in numeric])
         self._high = np.array([np.inf if f.max is None else f.max for f in numeric])
-        self._ints = np.array([f.dtype == "int" for f in numeric], dtype=bool)
-        self._bools = np.array([f.dtype == "bool" for f in numeric], dtype=bool)
+        # finite bounds already refuse infinities (and NaN fails every comparison)
+        self._bounded = bool(np.isfinite(self._low).all() and np.isfinite(self._high).all())
+        self._ints = np.flatnonzero([f.dtype == "int" for f in numeric])
+        self._bools = np.flatnonzero([f.dtype == "bool" for f in numeric])
+        self._categories = {f.name: set(f.categories or []) for f in spec.inputs}
 
     def check(self, batch: Columns) -> Checked:
         checked = Checked({}, len(batch))
         clean = self._clean_numbers(batch, checked)
+        if self._all_numeric and clean:  # every input checked at once
+            checked.columns = clean
+            return checked
         for f in self.spec.inputs:
             column = batch.values[f.name]
             if f.name in clean:
@@ -90,36 +99,45 @@ class Validator:
         return checked
 
     def _clean_numbers(self, batch: Columns, checked: Checked) -> dict[str, np.ndarray]:
-        """The numeric columns as float64, checked in one pass over the whole batch, when they
-        all came as numeric arrays and break no rule (the usual case for a served model). Else
-        nothing: the per-column checks then name each broken rule."""
+        """The numeric columns as float64, checked in one pass over the whole batch, when every
+        value is a number and breaks no rule (the usual case for a served model). Else nothing:
+        the per-column checks then name each broken rule."""
         if not self._numeric:
             return {}
-        whole = len(self._numeric) == len(self.spec.inputs)
-        if whole and batch.matrix is not None and batch.matrix.dtype.kind in "fiu":
-            matrix = batch.matrix.astype(np.float64, copy=False)
+        given = batch.matrix if self._all_numeric else None
+        if given is not None and given.dtype.kind in "fiu":
+            matrix = given.astype(np.float64, copy=False)
         else:
             arrays = []
             for f in self._numeric:
-                column = batch.values[f.name]
-                kinds = "fiub" if f.dtype == "bool" else "fiu"
-                if not isinstance(column, np.ndarray) or column.dtype.kind not in kinds:
+                values = _as_float_array(batch.values[f.name], allow_bool=f.dtype == "bool")
+                if values is None:
                     return {}
-                arrays.append(column)
-            matrix = np.column_stack(arrays).astype(np.float64, copy=False)
-        # NaN fails both comparisons, so a missing value sends the batch the slow way too
-        ok = (matrix >= self._low) & (matrix <= self._high) & np.isfinite(matrix)
-        if self._ints.any():
-            ints = matrix[:, self._ints]
-            ok[:, self._ints] &= ints == np.round(ints)
-        if self._bools.any():
-            bools = matrix[:, self._bools]
-            ok[:, self._bools] &= (bools == 0) | (bools == 1)
-        if not ok.all():
+                arrays.append(values)
+            matrix = np.column_stack(arrays)
+        if not self._breaks_no_rule(matrix):
             return {}
-        if whole:
+        if self._all_numeric:
             checked.matrix = matrix
-        return {f.name: matrix[:, j] for j, f in enumerate(self._numeric)}
+        if matrix is given:  # the batch's columns are already views of it
+            return dict(batch.values)
+        return dict(zip(self._numeric_names, matrix.T, strict=True))
+
+    def _breaks_no_rule(self, matrix: np.ndarray) -> bool:
+        """Whether every value of the (rows, numeric features) ``matrix`` is allowed."""
+        # NaN fails both comparisons, so a missing value sends the batch the slow way too
+        if not ((matrix >= self._low) & (matrix <= self._high)).all():
+            return False
+        if not self._bounded and not np.isfinite(matrix).all():
+            return False
+        if len(self._ints):
+            ints = matrix.take(self._ints, axis=1)
+            if not (ints == np.rint(ints)).all():  # rint: what round does with 0 decimals
+                return False
+        if len(self._bools):
+            bools = matrix.take(self._bools, axis=1)
+            return bool(((bools == 0) | (bools == 1)).all())
+        return True
 
     def _add(self, checked: Checked, row: int, f: Feature, rule: str, message: str) -> None:
         checked.violations.setdefault(row, []).append(Violation(row, f.name, rule, message))
@@ -181,7 +199,9 @@ class Validator:
         return values
 
     def _objects(self, f: Feature, column: Any, checked: Checked) -> list[Any]:
-        allowed = set(f.categories or [])
+        allowed = self._categories[f.name]
+        if self._clean_text(f, column, allowed):
+            return list(column)
         clean: list[Any] = []
         for i, v in enumerate(column):
             if _is_missing(v):
@@ -202,6 +222,16 @@ class Validator:
                 v = self._items(f, i, v, allowed, checked)
             clean.append(v)
         return clean
+
+    @staticmethod
+    def _clean_text(f: Feature, column: Any, allowed: set[str]) -> bool:
+        """Whether every value of a category or text column is a string (exactly: the checks
+        keep those as they are) that breaks no rule, so the column needs no per-value checks."""
+        if f.dtype == "list" or not all(type(v) is str for v in column):
+            return False
+        if f.dtype == "text":
+            return max(map(len, column), default=0) <= f.max_length
+        return allowed.issuperset(column)
 
     def _text(self, f: Feature, i: int, v: Any, checked: Checked) -> str | None:
         if not isinstance(v, str):

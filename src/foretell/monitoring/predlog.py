@@ -99,12 +99,12 @@ class PredictionLog:
                 self._pipe = None
         self._count(0, sum(len(batch.usable) for batch in batches))
 
-    def _item(self, batch: Batch) -> tuple[_Key, ModelSpec | None, Batch]:
+    def _item(self, batch: Batch) -> tuple[_Key, ModelSpec | None, _Wire]:
         model = batch.model
         key = (model.name, model.version, id(model))
         spec = None if key in self._known else model.spec
         self._known.add(key)
-        return key, spec, dataclasses.replace(batch, model=None)  # type: ignore[arg-type]
+        return key, spec, _Wire.of(batch)
 
     def _start(self) -> Connection:
         context = multiprocessing.get_context("spawn")  # no fork of a threaded server
@@ -161,14 +161,13 @@ class _Writer:
         self.store, self.sample_rate = store, sample_rate
         self.models: dict[_Key, _Logged] = {}
 
-    def write(self, items: list[tuple[_Key, ModelSpec | None, Batch]]) -> tuple[int, int]:
+    def write(self, items: list[tuple[_Key, ModelSpec | None, _Wire]]) -> tuple[int, int]:
         """Stores the rows of ``items``: (rows stored, rows dropped after failed writes)."""
         rows = []
-        for key, spec, batch in items:
+        for key, spec, wire in items:
             if spec is not None:
                 self.models[key] = _Logged(spec)
-            batch.model = self.models[key]  # type: ignore[assignment]
-            rows += self._rows(batch)
+            rows += self._rows(wire.batch(self.models[key]))
         if not rows:
             return 0, 0
         for attempt in range(5):
@@ -218,6 +217,65 @@ class _Writer:
                 }
             )
         return rows
+
+
+@dataclasses.dataclass
+class _Wire:
+    """What the writer process needs of a scored batch, as plain lists: pickling a numpy
+    array costs microseconds of fixed overhead, and a batch has one per input."""
+
+    length: int
+    usable: list[int]
+    outputs: dict[str, list[Any]]
+    decisions: list[Any]
+    prediction_ids: list[str]
+    timings_ms: dict[str, float]
+    inputs: dict[str, list[Any]]
+    insight: list[str]
+
+    @classmethod
+    def of(cls, batch: Batch) -> _Wire:
+        return cls(
+            batch.length,
+            batch.usable.tolist(),
+            {name: _listed(values) for name, values in batch.outputs.items()},
+            batch.decisions.tolist(),
+            batch.prediction_ids,
+            batch.timings_ms,
+            {name: _listed(values) for name, values in batch.inputs.items()},
+            batch.insight,
+        )
+
+    def batch(self, model: _Logged) -> Batch:
+        """The batch again, its columns arrays (object arrays where they held text)."""
+        from foretell.pipeline.model import Batch
+
+        return Batch(
+            model,  # type: ignore[arg-type]
+            self.length,
+            np.array(self.usable, dtype=np.int64),
+            {name: _array(values) for name, values in self.outputs.items()},
+            _array(self.decisions),
+            {},
+            self.prediction_ids,
+            self.timings_ms,
+            self.inputs,
+            self.insight,
+        )
+
+
+def _listed(values: Any) -> list[Any]:
+    return values.tolist() if isinstance(values, np.ndarray) else list(values)
+
+
+def _array(values: list[Any]) -> np.ndarray:
+    try:
+        array = np.asarray(values)
+    except ValueError:  # lists of different lengths, such as prediction sets
+        array = np.empty(len(values), dtype=object)
+        array[:] = values
+        return array
+    return array.astype(object) if array.dtype.kind == "U" else array
 
 
 class _Logged:

@@ -87,7 +87,8 @@ class Model:
         self.preprocessor = Preprocessor(spec, folder)
         self.postprocessor = Postprocessor(spec)
         self.rules = DecisionRules(spec, self.postprocessor.quantity_kinds())
-        self._feature_names = spec.feature_names
+        #: The inputs' names in schema order (the spec's, worked out once).
+        self.feature_names = spec.feature_names
         #: Called with every scored batch (the server's metrics listen here).
         self.observers: list[Callable[[Batch], None]] = []
         # built on first use: scoring the calibration set, reading the background sample
@@ -166,7 +167,7 @@ class Model:
         nobody asked to predict, such as scoring a calibration set."""
         clock = time.perf_counter
         laps = [clock()]  # when the call began, then when each stage ended
-        batch = to_columns(rows, self._feature_names)
+        batch = to_columns(rows, self.feature_names)
         checked = self.validator.check(batch)
         laps.append(clock())
         usable = self._usable(checked, all_or_nothing, groups)

@@ -90,7 +90,7 @@ class Batcher:
         """The scored batch of ``rows`` (their own rows, numbered from 0), scored alone or
         merged with concurrent requests; raises ValidationError when a rejecting model's
         schema is broken."""
-        columns = _split_later(rows, model.spec.feature_names)
+        columns = _split_later(rows, model.feature_names)
         key = (model.name, repr(sorted(options.items())))
         queue = self._queues.get(key)
         if queue is None or queue.model is not model:  # new, or the model was reloaded

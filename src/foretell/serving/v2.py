@@ -15,7 +15,7 @@ import numpy as np
 import foretell
 from foretell.errors import InputFormatError, NotFoundError
 from foretell.insight.conformal import check_confidence
-from foretell.pipeline.model import Batch
+from foretell.pipeline.model import Batch, Model
 from foretell.repository.spec import Feature, ModelSpec
 from foretell.runtimes.base import UPLIFT_OUTPUTS
 from foretell.serving.dataplane import DataPlane
@@ -164,14 +164,14 @@ class V2:
         for tensor in request.inputs:
             self.plane.check_rows(tensor.shape[0] if tensor.shape else 1)
         with self.plane.using(request.model, request.version) as model:
-            rows = self._rows(model.spec, request.inputs)
+            rows = self._rows(model, request.inputs)
             options = insight_options(request.parameters)
             batch = await self.plane.batcher.run(model, rows, **options)
             outputs = self._outputs(model.spec, batch, request.outputs)
         return InferResponse(model.name, model.version, outputs, request.id)
 
-    def _rows(self, spec: ModelSpec, inputs: list[Tensor]) -> Any:
-        names = spec.feature_names
+    def _rows(self, model: Model, inputs: list[Tensor]) -> Any:
+        spec, names = model.spec, model.feature_names
         if not inputs:
             raise InputFormatError(f"the request has no inputs; model '{spec.name}' takes {names}")
         if len(inputs) == 1 and inputs[0].name not in names and len(inputs[0].shape) == 2:

@@ -330,7 +330,6 @@ def stream(
       --destination "sqlite:///scores.db?table=segments"`
     * `cat events.jsonl | foretell stream sentiment --source - --destination out.jsonl`
     """
-    import gc
     import os
     import signal
     import threading
@@ -379,10 +378,7 @@ def stream(
         max_wait=max_wait_ms / 1000.0,
         metrics=metrics,
     )
-    # The libraries and the model are loaded for good: keep them out of the collector's full
-    # passes, which otherwise pause the stream for ~100 ms a few times a minute.
-    gc.collect()
-    gc.freeze()
+    _freeze_loaded()
     err.print(f"consuming {source} with {loaded.name} v{loaded.version}", markup=False)
     err.print(f"dead letters go to {dead_letter}", markup=False)
     try:
@@ -826,6 +822,7 @@ def serve(
         status = "ready" if entry["ready"] else f"NOT READY: {entry.get('reason')}"
         version = f" v{entry['version']}" if entry["version"] else ""
         err.print(f"{entry['name']}{version}: {status}", markup=False, highlight=False)
+    _freeze_loaded()
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             runner.run(
@@ -844,6 +841,16 @@ def serve(
     finally:
         if monitor is not None:
             monitor.close()  # every answered prediction reaches the log
+
+
+def _freeze_loaded() -> None:
+    """Keeps what is loaded for good (libraries, models) out of the garbage collector's full
+    passes, which otherwise walk it all and pause a server or stream for ~100 ms a few times
+    a minute."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def batcher_of(max_batch_size: int | None, max_wait_ms: float | None) -> Batcher:

@@ -221,28 +221,31 @@ class _Writer:
 
 @dataclasses.dataclass
 class _Wire:
-    """What the writer process needs of a scored batch, as plain lists: pickling a numpy
-    array costs microseconds of fixed overhead, and a batch has one per input."""
+    """What the writer process needs of a scored batch, in few pickled objects: pickling
+    costs microseconds of fixed overhead per numpy array, and a batch has a column per input,
+    so numeric inputs travel as one (rows, inputs) matrix, numeric outputs as their arrays,
+    and text as plain lists."""
 
     length: int
-    usable: list[int]
-    outputs: dict[str, list[Any]]
+    usable: np.ndarray
+    outputs: dict[str, Any]
     decisions: list[Any]
     prediction_ids: list[str]
     timings_ms: dict[str, float]
-    inputs: dict[str, list[Any]]
+    #: The inputs in schema order: one float matrix when all are numbers, else lists by name.
+    inputs: np.ndarray | dict[str, list[Any]]
     insight: list[str]
 
     @classmethod
     def of(cls, batch: Batch) -> _Wire:
         return cls(
             batch.length,
-            batch.usable.tolist(),
-            {name: _listed(values) for name, values in batch.outputs.items()},
+            batch.usable,
+            {name: _packed(values) for name, values in batch.outputs.items()},
             batch.decisions.tolist(),
             batch.prediction_ids,
             batch.timings_ms,
-            {name: _listed(values) for name, values in batch.inputs.items()},
+            _inputs(batch),
             batch.insight,
         )
 
@@ -250,25 +253,46 @@ class _Wire:
         """The batch again, its columns arrays (object arrays where they held text)."""
         from foretell.pipeline.model import Batch
 
+        inputs = self.inputs
+        if isinstance(inputs, np.ndarray):
+            inputs = dict(zip(model.spec.feature_names, inputs.T, strict=True))
         return Batch(
             model,  # type: ignore[arg-type]
             self.length,
-            np.array(self.usable, dtype=np.int64),
+            self.usable,
             {name: _array(values) for name, values in self.outputs.items()},
             _array(self.decisions),
             {},
             self.prediction_ids,
             self.timings_ms,
-            self.inputs,
+            inputs,
             self.insight,
         )
+
+
+def _inputs(batch: Batch) -> np.ndarray | dict[str, list[Any]]:
+    """A batch's inputs as one matrix in schema order when every one is a float64 array (as
+    validation leaves clean numbers), else as lists by name."""
+    columns = [batch.inputs[name] for name in batch.model.feature_names]
+    if all(isinstance(c, np.ndarray) and c.dtype == np.float64 for c in columns):
+        return np.column_stack(columns)
+    return {name: _listed(values) for name, values in batch.inputs.items()}
+
+
+def _packed(values: Any) -> Any:
+    """An output column as it travels: numeric arrays as they are, anything else as a list."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
+        return values
+    return _listed(values)
 
 
 def _listed(values: Any) -> list[Any]:
     return values.tolist() if isinstance(values, np.ndarray) else list(values)
 
 
-def _array(values: list[Any]) -> np.ndarray:
+def _array(values: Any) -> np.ndarray:
+    if isinstance(values, np.ndarray):
+        return values
     try:
         array = np.asarray(values)
     except ValueError:  # lists of different lengths, such as prediction sets

@@ -4,8 +4,9 @@ Each model (and each set of prediction options, such as ``explain``) has a queue
 server's event loop. A queue sends its waiting requests to the model as one batch when they
 hold ``max_batch_size`` rows, or when the model is idle and the oldest has waited
 ``max_wait_ms``; while a batch runs, the next one forms. A merged or large batch runs in a
-worker thread (a lone small request to a fast model runs on the event loop: the hop to a
-thread would cost more than its forward pass; see :data:`INLINE_SECONDS`), and its rows are
+worker thread (a small batch of a fast model runs on the event loop: the hop to a thread, and
+the wait for the interpreter lock on the way back, would cost more than its forward pass;
+see :data:`INLINE_SECONDS`), and its rows are
 split back by offset: every caller gets its own rows, prediction ids and errors, and a caller
 whose rows break a rejecting model's schema gets its ValidationError without failing the
 others. With ``max_batch_size`` 1 every request runs alone, at once.
@@ -31,10 +32,10 @@ from foretell.pipeline.rows import Columns, Rows, to_columns
 from foretell.pipeline.validate import in_row_order
 from foretell.repository.spec import Batching
 
-#: A request alone in its batch with at most this many rows runs on the event loop itself,
-INLINE_ROWS = 8
-#: while such requests took less than this (measured on each), so a slow model never stalls
-#: the loop for long: its first request, and any after a slow one, run in a thread.
+#: A batch of at most this many rows runs on the event loop itself,
+INLINE_ROWS = 64
+#: while such batches took less than this (measured on each), so a slow model never stalls
+#: the loop for long: its first batch, and any after a slow one, run in a thread.
 INLINE_SECONDS = 0.002
 #: Formats whose forward pass is the library's own bounded code (never a user's class).
 INLINE_FORMATS = frozenset({"onnx", "xgboost", "lightgbm", "sklearn", "conjugate"})
@@ -106,10 +107,10 @@ class _Queue:
 
     def __init__(self, model: Model, options: dict[str, Any], policy: BatchPolicy) -> None:
         self.model, self.options, self.policy = model, options, policy
-        #: Whether a lone small request may run on the event loop: fast formats, no
-        #: explanations, and the last such request was quick (unknown at first).
+        #: Whether a small batch may run on the event loop: fast formats, no explanations,
+        #: and the last small batch was quick (unknown at first).
         self.inline_allowed = model.spec.format in INLINE_FORMATS and not options.get("explain")
-        self.lone_seconds = float("inf")
+        self.small_seconds = float("inf")
         self.waiting: deque[_Request] = deque()
         self.rows = 0
         self.busy = False
@@ -152,16 +153,13 @@ class _Queue:
 
     async def _run(self, taken: list[_Request]) -> None:
         loop = asyncio.get_running_loop()
-        lone = len(taken) == 1 and len(taken[0].columns) <= INLINE_ROWS
-        started = time.perf_counter()
+        small = sum(len(r.columns) for r in taken) <= INLINE_ROWS
         try:
-            if lone and self.inline_allowed and self.lone_seconds < INLINE_SECONDS:
-                # a lone small request: the hop to a thread would cost more than the work
-                answers = self._answer(taken)
+            if small and self.inline_allowed and self.small_seconds < INLINE_SECONDS:
+                # the hop to a thread would cost more than the work
+                answers = self._timed(taken, small)
             else:
-                answers = await loop.run_in_executor(None, self._answer, taken)
-            if lone:
-                self.lone_seconds = time.perf_counter() - started
+                answers = await loop.run_in_executor(None, self._timed, taken, small)
         except BaseException as exc:  # every waiting caller hears of it
             answers = [exc] * len(taken)
         finally:
@@ -175,6 +173,17 @@ class _Queue:
                 request.future.set_exception(answer)
             else:
                 request.future.set_result(answer)
+
+    def _timed(self, taken: list[_Request], small: bool) -> list[Batch | BaseException]:
+        """:meth:`_answer`, remembering how long a small batch kept its thread busy: the CPU
+        time of the thread, not the wall time, which counts waits for the interpreter lock
+        while other threads (the prediction log's) hold it, and would keep a fast model off
+        the event loop for good."""
+        started = time.thread_time()
+        answers = self._answer(taken)
+        if small:
+            self.small_seconds = time.thread_time() - started
+        return answers
 
     def _answer(self, taken: list[_Request]) -> list[Batch | BaseException]:
         """Scores the requests as one batch (in a worker thread) and splits the results."""

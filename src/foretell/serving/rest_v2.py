@@ -201,7 +201,7 @@ def render_infer(
             blob = to_bytes(tensor)
             tensor.parameters["binary_data_size"] = len(blob)
             blobs.append(blob)
-    header = orjson.dumps(response.to_json())
+    header = orjson.dumps(response.to_json(), option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return header, [(b"content-type", b"application/json")]
     return header + b"".join(blobs), [

@@ -162,16 +162,23 @@ def to_bytes(tensor: Tensor) -> bytes:
     return array.tobytes()
 
 
-def to_json_data(tensor: Tensor) -> list[Any]:
-    """The flat, row-major JSON data of a tensor."""
+def to_json_data(tensor: Tensor) -> list[Any] | np.ndarray:
+    """The flat, row-major JSON data of a tensor: a list of text for BYTES, else a flat numpy
+    array (orjson writes it with ``OPT_SERIALIZE_NUMPY``, without a Python object per
+    element)."""
+    if tensor.datatype != "BYTES":
+        data = tensor.data.reshape(-1)
+        if data.dtype != DATATYPES[tensor.datatype] or not data.flags.c_contiguous:
+            data = np.ascontiguousarray(data, dtype=DATATYPES[tensor.datatype])
+        return data
     flat: list[Any] = tensor.data.reshape(-1).tolist()
-    if tensor.datatype == "BYTES":
-        return [
-            v
-            if isinstance(v, str)
-            else v.decode("utf-8", "replace")
-            if isinstance(v, bytes)
-            else str(v)
-            for v in flat
-        ]
-    return flat
+    if all(type(v) is str for v in flat):
+        return flat
+    return [
+        v
+        if isinstance(v, str)
+        else v.decode("utf-8", "replace")
+        if isinstance(v, bytes)
+        else str(v)
+        for v in flat
+    ]

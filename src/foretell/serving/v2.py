@@ -343,11 +343,8 @@ def _output_tensor(meta: dict[str, Any], batch: Batch, parameters: dict[str, Any
             values = np.full(shape, missing, dtype=object if datatype == "BYTES" else None)
         else:
             values = _spread(batch, _width(batch.outputs[name], shape, missing), missing)
-    if datatype == "BYTES":
-        flat = values.reshape(-1).tolist()
-        if not all(isinstance(v, str) for v in flat):
-            flat = [str(v) for v in flat]
-        array = _texts(flat).reshape(shape)
+    if datatype == "BYTES":  # text as it is: each encoding writes its elements as text
+        array = (values if values.dtype == object else values.astype(object)).reshape(shape)
     else:
         numpy_type = {"FP64": np.float64, "INT64": np.int64, "BOOL": np.bool_}[datatype]
         array = np.asarray(values, dtype=numpy_type).reshape(shape)

@@ -180,6 +180,23 @@ def test_a_request_over_the_time_limit_is_answered_504(slow_server: Server) -> N
     assert "--request-timeout" in answer.json()["error"]
 
 
+def test_a_v2_infer_over_the_time_limit_is_answered_504(slow_server: Server) -> None:
+    def infer(seconds: float) -> httpx.Response:
+        body = {
+            "inputs": [{"name": "seconds", "datatype": "FP64", "shape": [1], "data": [seconds]}]
+        }
+        return httpx.post(f"{slow_server.url}/v2/models/sleeper/infer", json=body, timeout=20)
+
+    assert infer(0).status_code == 200
+    started = time.monotonic()
+    answer = infer(LIMIT + 3)
+    assert LIMIT - 0.1 < time.monotonic() - started < LIMIT + 2.5
+    assert answer.status_code == 504
+    assert answer.headers["connection"] == "close"
+    assert f"limit of {LIMIT} s" in answer.json()["error"]
+    assert infer(0).status_code == 200  # the server goes on answering
+
+
 def test_grpc_calls_over_the_time_limit_exceed_their_deadline(slow_server: Server) -> None:
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{slow_server.grpc_port}")
     seconds = grpcclient.InferInput("seconds", [1], "FP64")

@@ -88,9 +88,9 @@ class Batcher:
         return (await self.run(model, rows, **options)).predictions()
 
     async def run(self, model: Model, rows: Rows, **options: Any) -> Batch:
-        """The scored batch of ``rows`` (their own rows, numbered from 0), scored alone or
-        merged with concurrent requests; raises ValidationError when a rejecting model's
-        schema is broken."""
+        """The scored batch of ``rows`` (their own rows, numbered from 0; without inputs when
+        merged, see :func:`rows_of`), scored alone or merged with concurrent requests; raises
+        ValidationError when a rejecting model's schema is broken."""
         columns = _split_later(rows, model.feature_names)
         key = (model.name, repr(sorted(options.items())))
         queue = self._queues.get(key)
@@ -262,7 +262,9 @@ def _split_later(rows: Rows, names: list[str]) -> Columns | np.ndarray:
 
 
 def rows_of(batch: Batch, start: int, stop: int) -> Batch:
-    """The rows ``start:stop`` of a scored batch, numbered from 0 as their request sent them."""
+    """The rows ``start:stop`` of a scored batch, numbered from 0 as their request sent them,
+    without their inputs: the callers read outputs, and the batch's observers (the prediction
+    log among them) saw the whole batch with its inputs."""
     lo, hi = np.searchsorted(batch.usable, [start, stop])
     violations = {
         row - start: [dataclasses.replace(v, row=row - start) for v in found]
@@ -277,7 +279,7 @@ def rows_of(batch: Batch, start: int, stop: int) -> Batch:
         decisions=batch.decisions[lo:hi],
         violations=violations,
         prediction_ids=batch.prediction_ids[start:stop],
-        inputs={name: values[start:stop] for name, values in batch.inputs.items()},
+        inputs={},
     )
 
 

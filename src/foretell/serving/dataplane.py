@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,22 +102,10 @@ class DataPlane:
             state.model = None
         self.metrics.model_state(name, state.version, False, state.load_seconds)
 
-    @contextmanager
-    def using(self, name: str, version: str | None = None) -> Iterator[Model]:
-        """The model ``name``, counted as in flight until the block ends."""
-        with self._changed:
-            model = self.model(name, version)
-            state = self.states[name]
-            state.in_flight += 1
-        gauge = self.metrics.child(self.metrics.in_flight, name)
-        gauge.inc()
-        try:
-            yield model
-        finally:
-            gauge.dec()
-            with self._changed:
-                state.in_flight -= 1
-                self._changed.notify_all()
+    def using(self, name: str, version: str | None = None) -> InFlight:
+        """The model ``name`` (``with plane.using(name) as model``), counted as in flight
+        until the block ends."""
+        return InFlight(self, name, version)
 
     def index(self) -> list[dict[str, Any]]:
         """Every model of the repository with its state and the reason when not ready."""
@@ -231,3 +217,27 @@ class DataPlane:
                 }
             )
         return entries
+
+
+class InFlight:
+    """The context of :meth:`DataPlane.using`: a class rather than a generator, since every
+    request passes through it."""
+
+    def __init__(self, plane: DataPlane, name: str, version: str | None) -> None:
+        self.plane, self.name, self.version = plane, name, version
+
+    def __enter__(self) -> Model:
+        plane = self.plane
+        with plane._changed:
+            model = plane.model(self.name, self.version)
+            self.state = plane.states[self.name]
+            self.state.in_flight += 1
+        self.gauge = plane.metrics.child(plane.metrics.in_flight, self.name)
+        self.gauge.inc()
+        return model
+
+    def __exit__(self, *exc: object) -> None:
+        self.gauge.dec()
+        with self.plane._changed:
+            self.state.in_flight -= 1
+            self.plane._changed.notify_all()

@@ -312,9 +312,10 @@ def create_app(
             Exception: server_error,
         },
     )
-    app: ASGIApp = Dispatch(InferRoute(V2(plane), max_body_bytes), pages)
-    if limits is not None:
-        app = EnforceLimits(app, limits)
+    app: ASGIApp = Dispatch(
+        InferRoute(V2(plane), max_body_bytes, limits),
+        pages if limits is None else EnforceLimits(pages, limits),
+    )
     if keys is not None:
         app = Authorise(app, keys)
     return RequestMetrics(app, plane)

@@ -88,6 +88,12 @@ class Limits:
             "with a larger --request-timeout"
         )
 
+    def admit(self, scope: Scope) -> None:
+        """Raises RateLimitedError when the caller of ``scope`` is over its rate (health
+        checks never are)."""
+        if self.rate is not None and scope["path"] not in EXEMPT:
+            self.rate.take(caller(scope))
+
     async def in_time(self, call: Awaitable[_T]) -> _T:
         """Awaits ``call``, or raises RequestTimeoutError past :attr:`request_timeout` (the
         work in a thread goes on; only the wait for it ends)."""
@@ -98,7 +104,12 @@ class Limits:
 
 
 class EnforceLimits:
-    """ASGI middleware: 429 for a caller over its rate, 504 for a request over its time."""
+    """ASGI middleware: 429 for a caller over its rate, 504 for a request over its time.
+
+    A request runs in a task of its own, so that one past its time can be answered while a
+    route that waits on a thread it cannot cancel (Starlette's thread pool) runs on. The V2
+    infer route, whose waits can all be cancelled, applies the same limits itself at less
+    cost (:class:`foretell.serving.rest_v2.InferRoute`)."""
 
     def __init__(self, app: ASGIApp, limits: Limits) -> None:
         self.app, self.limits = app, limits
@@ -109,12 +120,11 @@ class EnforceLimits:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.limits.rate is not None and scope["path"] not in EXEMPT:
-            try:
-                self.limits.rate.take(caller(scope))
-            except RateLimitedError as exc:
-                await send_error(send, exc)
-                return
+        try:
+            self.limits.admit(scope)
+        except RateLimitedError as exc:
+            await send_error(send, exc)
+            return
         if self.limits.request_timeout is None:
             await self.app(scope, receive, send)
         else:

@@ -7,6 +7,7 @@ as ``tritonclient.http`` send no Content-Type, so only that header tells the two
 
 from __future__ import annotations
 
+import asyncio
 import re
 import zlib
 from collections.abc import AsyncIterator
@@ -27,6 +28,7 @@ from foretell.errors import (
     ModelLoadError,
     TooLargeError,
 )
+from foretell.serving.limits import Limits, send_error
 from foretell.serving.tensors import Tensor, check_header, from_bytes, from_json, to_bytes
 from foretell.serving.v2 import V2, InferRequest, InferResponse, RequestedOutput
 
@@ -212,12 +214,15 @@ def render_infer(
 
 class InferRoute:
     """``/v2/models/{name}[/versions/{version}]/infer`` as a bare ASGI app: the hot path of
-    the protocol, without request and response objects or a walk through the route table."""
+    the protocol, without request and response objects or a walk through the route table.
+    It applies ``limits`` itself: a timer cancels a request past its time (every wait here can
+    be cancelled; a batch's thread runs on), cheaper than the task per request of
+    :class:`~foretell.serving.limits.EnforceLimits`."""
 
     PATH = re.compile(r"/v2/models/([^/:]+)(?:/versions/([^/:]+))?/infer")
 
-    def __init__(self, v2: V2, limit: int) -> None:
-        self.v2, self.limit = v2, limit
+    def __init__(self, v2: V2, limit: int, limits: Limits | None = None) -> None:
+        self.v2, self.limit, self.limits = v2, limit, limits or Limits(request_timeout=None)
 
     def match(self, path: str) -> dict[str, str] | None:
         """The path parameters when ``path`` is an infer route, else None."""
@@ -228,29 +233,37 @@ class InferRoute:
         return {"name": name} if version is None else {"name": name, "version": version}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        params = scope["path_params"]
-        headers: list[tuple[bytes, bytes]] = []
         try:
-            if scope["method"] != "POST":
-                raise MethodNotAllowedError(f"{scope['method']} not allowed")
-            name, version = params["name"], params.get("version")
-            self.v2.plane.model(name, version)  # unknown or unready: before the body is read
-            wanted = _headers(scope, (b"content-length", b"content-encoding", _HEADER_BYTES))
-            body = await collect_body(
-                _chunks(receive), wanted[0] or "", wanted[1] or "identity", self.limit
-            )
-            infer_request = parse_infer(body, wanted[2], name, version)
-            response = await self.v2.infer(infer_request)
-            content, headers = render_infer(infer_request, response)
-            status = 200
+            self.limits.admit(scope)
+            async with asyncio.timeout(self.limits.request_timeout):
+                content, headers = await self._answer(scope, receive)
         except ForetellError as exc:
-            content, status = orjson.dumps(exc.to_json()), exc.status
-            headers = [(b"content-type", b"application/json")]
+            await send_error(send, exc)
+            return
+        except TimeoutError:  # its body may still be arriving: the connection is not reused
+            await send_error(send, self.limits.timed_out(), [(b"connection", b"close")])
+            return
         except _ClientGone:
             return
         headers.append((b"content-length", str(len(content)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": content})
+
+    async def _answer(
+        self, scope: Scope, receive: Receive
+    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        if scope["method"] != "POST":
+            raise MethodNotAllowedError(f"{scope['method']} not allowed")
+        params = scope["path_params"]
+        name, version = params["name"], params.get("version")
+        self.v2.plane.model(name, version)  # unknown or unready: before the body is read
+        wanted = _headers(scope, (b"content-length", b"content-encoding", _HEADER_BYTES))
+        body = await collect_body(
+            _chunks(receive), wanted[0] or "", wanted[1] or "identity", self.limit
+        )
+        infer_request = parse_infer(body, wanted[2], name, version)
+        response = await self.v2.infer(infer_request)
+        return render_infer(infer_request, response)
 
 
 class _ClientGone(Exception):

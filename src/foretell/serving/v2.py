@@ -338,7 +338,7 @@ def _output_tensor(meta: dict[str, Any], batch: Batch, parameters: dict[str, Any
     else:
         missing: Any = {"BYTES": "", "BOOL": False, "INT64": -1}.get(datatype, np.nan)
         if name == "decision":
-            values = _spread(batch, batch.decisions.astype(object), "")
+            values = _spread(batch, batch.decisions, "")
         elif name not in batch.outputs:
             values = np.full(shape, missing, dtype=object if datatype == "BYTES" else None)
         else:

@@ -265,21 +265,26 @@ def rows_of(batch: Batch, start: int, stop: int) -> Batch:
     """The rows ``start:stop`` of a scored batch, numbered from 0 as their request sent them,
     without their inputs: the callers read outputs, and the batch's observers (the prediction
     log among them) saw the whole batch with its inputs."""
-    lo, hi = np.searchsorted(batch.usable, [start, stop])
+    if len(batch.usable) == batch.length:  # every row scored: row i is output i
+        lo, hi = start, stop
+    else:
+        lo, hi = (int(i) for i in np.searchsorted(batch.usable, [start, stop]))
     violations = {
         row - start: [dataclasses.replace(v, row=row - start) for v in found]
         for row, found in batch.violations.items()
         if start <= row < stop
     }
-    return dataclasses.replace(
-        batch,
-        length=stop - start,
-        usable=batch.usable[lo:hi] - start,
-        outputs={name: values[lo:hi] for name, values in batch.outputs.items()},
-        decisions=batch.decisions[lo:hi],
-        violations=violations,
-        prediction_ids=batch.prediction_ids[start:stop],
-        inputs={},
+    return Batch(
+        batch.model,
+        stop - start,
+        batch.usable[lo:hi] - start,
+        {name: values[lo:hi] for name, values in batch.outputs.items()},
+        batch.decisions[lo:hi],
+        violations,
+        batch.prediction_ids[start:stop],
+        batch.timings_ms,
+        {},
+        batch.insight,
     )
 
 

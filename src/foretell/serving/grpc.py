@@ -150,13 +150,15 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     def _allow(self, context: Any, scope: str) -> None:
         """With API keys on, the call's ``authorization`` metadata must grant ``scope``; with a
         rate limit, the caller (its key, or its address) must be within its rate."""
-        caller = f"client {context.peer().rpartition(':')[0]}"
+        key = None
         if self.keys is not None:
             metadata = dict(context.invocation_metadata() or ())
             key = authorise(self.keys, str(metadata.get("authorization", "")), scope)
-            caller = f"key '{key.id}'"
         if self.limits.rate is not None:
-            self.limits.rate.take(caller)
+            if key is None:
+                self.limits.rate.take(f"client {context.peer().rpartition(':')[0]}")
+            else:
+                self.limits.rate.take(f"key '{key.id}'")
 
     @_answers
     async def ServerLive(

@@ -98,7 +98,8 @@ class Limits:
         """Awaits ``call``, or raises RequestTimeoutError past :attr:`request_timeout` (the
         work in a thread goes on; only the wait for it ends)."""
         try:
-            return await asyncio.wait_for(call, self.request_timeout)
+            async with asyncio.timeout(self.request_timeout):  # a timer, not a task
+                return await call
         except TimeoutError:
             raise self.timed_out() from None
 

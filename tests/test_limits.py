@@ -3,6 +3,7 @@ limits, deep nesting and binary garbage, against real servers on real ports."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import textwrap
 import threading
@@ -18,10 +19,10 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from foretell.errors import RateLimitedError
+from foretell.errors import RateLimitedError, RequestTimeoutError
 from foretell.repository.spec import Feature, ModelSpec, write_spec
 from foretell.serving.keys import KeyStore
-from foretell.serving.limits import RateLimiter
+from foretell.serving.limits import Deadlines, Limits, RateLimiter
 from foretell.serving.tensors import MAX_ELEMENTS
 from tests.conftest import Server
 
@@ -129,6 +130,29 @@ def test_without_keys_each_client_address_has_a_rate(examples_root: Path, tmp_pa
 
 
 # --------------------------------------------------------------------------- time limits
+
+
+def test_one_timer_ends_late_requests_and_only_them() -> None:
+    limits = Limits(request_timeout=0.2)
+
+    async def main() -> list[Any]:
+        async def call(seconds: float) -> float:
+            return await limits.in_time(asyncio.sleep(seconds, result=seconds))
+
+        quick, late = asyncio.create_task(call(0.01)), asyncio.create_task(call(5))
+        stopped = asyncio.create_task(call(5))  # cancelled by someone else: stays cancelled
+        await asyncio.sleep(0.05)
+        stopped.cancel()
+        started = time.monotonic()
+        done = await asyncio.gather(quick, late, stopped, return_exceptions=True)
+        assert time.monotonic() - started < 0.2 + Deadlines.TICK + 0.2
+        assert limits.deadlines._timer is None  # nothing in flight: the timer stopped
+        return done
+
+    quick, late, stopped = asyncio.run(main())
+    assert quick == 0.01
+    assert isinstance(late, RequestTimeoutError) and "limit of 0.2 s" in late.message
+    assert isinstance(stopped, asyncio.CancelledError)
 
 
 @pytest.fixture(scope="module")

@@ -72,7 +72,7 @@ class Batcher:
 
     def __init__(self, override: BatchPolicy | None = None) -> None:
         self.override = override
-        self._queues: dict[tuple[str, str], _Queue] = {}
+        self._queues: dict[tuple[Any, ...], _Queue] = {}
 
     def policy_of(self, model: Model) -> BatchPolicy:
         """The CLI's policy when one was given, else the spec's, else the default: batches of
@@ -92,7 +92,7 @@ class Batcher:
         merged, see :func:`rows_of`), scored alone or merged with concurrent requests; raises
         ValidationError when a rejecting model's schema is broken."""
         columns = _split_later(rows, model.feature_names)
-        key = (model.name, repr(sorted(options.items())))
+        key = (model.name, *sorted(options.items()))
         queue = self._queues.get(key)
         if queue is None or queue.model is not model:  # new, or the model was reloaded
             queue = self._queues[key] = _Queue(model, options, self.policy_of(model))
@@ -157,7 +157,9 @@ class _Queue:
         try:
             if small and self.inline_allowed and self.small_seconds < INLINE_SECONDS:
                 # the hop to a thread would cost more than the work
-                answers = self._timed(taken, small)
+                started = time.perf_counter()
+                answers = self._answer(taken)
+                self.small_seconds = time.perf_counter() - started
             else:
                 answers = await loop.run_in_executor(None, self._timed, taken, small)
         except BaseException as exc:  # every waiting caller hears of it
@@ -175,10 +177,10 @@ class _Queue:
                 request.future.set_result(answer)
 
     def _timed(self, taken: list[_Request], small: bool) -> list[Batch | BaseException]:
-        """:meth:`_answer`, remembering how long a small batch kept its thread busy: the CPU
-        time of the thread, not the wall time, which counts waits for the interpreter lock
-        while other threads (the prediction log's) hold it, and would keep a fast model off
-        the event loop for good."""
+        """:meth:`_answer` in a worker thread, remembering how long a small batch kept the
+        thread busy: its CPU time, not the wall time, which counts waits for the interpreter
+        lock while the event loop holds it, and would keep a fast model off the loop for
+        good."""
         started = time.thread_time()
         answers = self._answer(taken)
         if small:

@@ -238,6 +238,8 @@ class InFlight:
 
     def __exit__(self, *exc: object) -> None:
         self.gauge.dec()
-        with self.plane._changed:
+        changed = self.plane._changed
+        with changed:
             self.state.in_flight -= 1
-            self.plane._changed.notify_all()
+            if self.state.unloaded:  # an unload waits for the last request in flight
+                changed.notify_all()

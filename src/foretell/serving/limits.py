@@ -20,7 +20,7 @@ import math
 import threading
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
@@ -72,6 +72,61 @@ class RateLimiter:
         self._buckets = {c: b for c, b in self._buckets.items() if now - b[1] < refill}
 
 
+class Deadlines:
+    """Time limits of the requests in flight on one event loop, watched by one timer that
+    looks every :attr:`TICK` seconds, rather than by a timer per request: a request is
+    cancelled at most a tick after its time is up.
+
+    Every request has the same limit, so deadlines come due in the order the requests
+    started, and a look stops at the first that is not due.
+    """
+
+    #: How often the timer looks for requests past their time, in seconds.
+    TICK = 0.05
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self._due: dict[asyncio.Task[Any], float] = {}  # in the order the requests started
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> asyncio.Task[Any] | None:
+        """Starts timing the current task (None, and nothing timed, without a limit)."""
+        task = asyncio.current_task()
+        if self.seconds is None or task is None:
+            return None
+        loop = task.get_loop()
+        self._due[task] = loop.time() + self.seconds
+        if self._timer is None:
+            self._timer = loop.call_later(self.TICK, self._look, loop)
+        return task
+
+    def finish(self, task: asyncio.Task[Any] | None) -> bool:
+        """Stops timing ``task``; whether it was cancelled for running out of time (that
+        cancellation is then taken back). Calling it again returns False."""
+        if task is None:
+            return False
+        self._due.pop(task, None)
+        if task not in self._expired:
+            return False
+        self._expired.discard(task)
+        task.uncancel()
+        return True
+
+    def _look(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        late = []
+        for task, due in self._due.items():
+            if due > now:
+                break
+            late.append(task)
+        for task in late:
+            del self._due[task]
+            self._expired.add(task)
+            task.cancel()
+        self._timer = loop.call_later(self.TICK, self._look, loop) if self._due else None
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one caller and one request may take, on both transports."""
@@ -80,6 +135,11 @@ class Limits:
     request_timeout: float | None = REQUEST_TIMEOUT
     #: Per-caller rate limit; None for none.
     rate: RateLimiter | None = None
+    #: The time limits of the requests in flight (see :meth:`in_time`).
+    deadlines: Deadlines = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "deadlines", Deadlines(self.request_timeout))
 
     def timed_out(self) -> RequestTimeoutError:
         return RequestTimeoutError(
@@ -95,13 +155,18 @@ class Limits:
             self.rate.take(caller(scope))
 
     async def in_time(self, call: Awaitable[_T]) -> _T:
-        """Awaits ``call``, or raises RequestTimeoutError past :attr:`request_timeout` (the
-        work in a thread goes on; only the wait for it ends)."""
+        """Awaits ``call`` in the current task, or raises RequestTimeoutError past
+        :attr:`request_timeout` (the work in a thread goes on; only the wait for it ends).
+        ``call`` must let itself be cancelled wherever it waits."""
+        task = self.deadlines.start()
         try:
-            async with asyncio.timeout(self.request_timeout):  # a timer, not a task
-                return await call
-        except TimeoutError:
-            raise self.timed_out() from None
+            return await call
+        except asyncio.CancelledError:
+            if task is not None and self.deadlines.finish(task) and not task.cancelling():
+                raise self.timed_out() from None
+            raise
+        finally:
+            self.deadlines.finish(task)
 
 
 class EnforceLimits:

@@ -7,7 +7,6 @@ as ``tritonclient.http`` send no Content-Type, so only that header tells the two
 
 from __future__ import annotations
 
-import asyncio
 import re
 import zlib
 from collections.abc import AsyncIterator
@@ -26,6 +25,7 @@ from foretell.errors import (
     InputFormatError,
     MethodNotAllowedError,
     ModelLoadError,
+    RequestTimeoutError,
     TooLargeError,
 )
 from foretell.serving.limits import Limits, send_error
@@ -215,8 +215,8 @@ def render_infer(
 class InferRoute:
     """``/v2/models/{name}[/versions/{version}]/infer`` as a bare ASGI app: the hot path of
     the protocol, without request and response objects or a walk through the route table.
-    It applies ``limits`` itself: a timer cancels a request past its time (every wait here can
-    be cancelled; a batch's thread runs on), cheaper than the task per request of
+    It applies ``limits`` itself: a request past its time is cancelled (every wait here can be
+    cancelled; a batch's thread runs on), cheaper than the task per request of
     :class:`~foretell.serving.limits.EnforceLimits`."""
 
     PATH = re.compile(r"/v2/models/([^/:]+)(?:/versions/([^/:]+))?/infer")
@@ -235,13 +235,12 @@ class InferRoute:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             self.limits.admit(scope)
-            async with asyncio.timeout(self.limits.request_timeout):
-                content, headers = await self._answer(scope, receive)
+            content, headers = await self.limits.in_time(self._answer(scope, receive))
+        except RequestTimeoutError as exc:  # its body may still be arriving: not reused
+            await send_error(send, exc, [(b"connection", b"close")])
+            return
         except ForetellError as exc:
             await send_error(send, exc)
-            return
-        except TimeoutError:  # its body may still be arriving: the connection is not reused
-            await send_error(send, self.limits.timed_out(), [(b"connection", b"close")])
             return
         except _ClientGone:
             return

@@ -45,6 +45,9 @@ THREE = ["low", "mid", "high"]
 ONNX_ATOL = 1e-5
 #: Native runtimes run the library's own code on the same rows: equal up to rounding noise.
 NATIVE_ATOL = 1e-9
+#: Agreement of float32 results computed by different kernels (a few units of float32's
+#: 1.2e-7 epsilon on values near 1).
+FLOAT32_ATOL = 1e-6
 
 # torch 2.13 deprecates TorchScript (torch.jit.script and torch.jit.load warn with a
 # DeprecationWarning on every call). Building a TorchScript archive needs torch.jit.script and
@@ -115,6 +118,9 @@ class Built:
     x: np.ndarray
     expected: np.ndarray  # (rows, classes) probabilities, or (rows,) values
     atol: float
+    #: How far one row scored alone may be from the same row in a batch: float32 kernels
+    #: (PyTorch's) take other code paths for other batch sizes and differ in the last bits.
+    alone_atol: float | None = None
 
 
 # --------------------------------------------------------------------------- builders
@@ -292,7 +298,7 @@ def build_torchscript_logits(folder: Path) -> Built:
     torch.jit.script(net).save(str(folder / "model.pt"))
     test = scoring_rows()
     spec = make_spec("torchscript", "model.pt", labels=THREE, runtime={"outputs": "logits"})
-    return Built(spec, test, _torch_expected(net, test, softmax=True), NATIVE_ATOL)
+    return Built(spec, test, _torch_expected(net, test, softmax=True), NATIVE_ATOL, FLOAT32_ATOL)
 
 
 def build_torchscript_probabilities(folder: Path) -> Built:
@@ -302,7 +308,7 @@ def build_torchscript_probabilities(folder: Path) -> Built:
     torch.jit.script(net).save(str(folder / "model.pt"))
     test = scoring_rows()
     spec = make_spec("torchscript", "model.pt", labels=THREE)
-    return Built(spec, test, _torch_expected(net, test, softmax=False), NATIVE_ATOL)
+    return Built(spec, test, _torch_expected(net, test, softmax=False), NATIVE_ATOL, FLOAT32_ATOL)
 
 
 def build_uplift_effect(folder: Path) -> Built:
@@ -474,7 +480,7 @@ def test_runtime_conformance(fmt: str, case: Case | None, tmp_path: Path) -> Non
     reversed_got = outputs_as_array(model, model.predict(rows[::-1]))
     np.testing.assert_allclose(reversed_got, got[::-1], rtol=0, atol=built.atol)
     single = outputs_as_array(model, model.predict([rows[5]]))
-    np.testing.assert_allclose(single[0], got[5], rtol=0, atol=built.atol)
+    np.testing.assert_allclose(single[0], got[5], rtol=0, atol=built.alone_atol or built.atol)
 
 
 # --------------------------------------------------------------------------- safety

@@ -314,3 +314,37 @@ def test_the_log_samples_rows_and_stores_inputs_and_outputs_as_json(
         assert orjson.loads(row["inputs"]) == dict(zip(names, rows[position], strict=True))
         assert orjson.loads(row["outputs"]) == scored[row["prediction_id"]]
         assert (row["model"], row["version"]) == ("breast-cancer", model.version)
+
+
+def test_background_reports_are_measured_apart_and_set_the_gauges(
+    repository: Repository, tmp_path: Path
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from foretell.monitoring.monitor import Monitor, measure
+    from foretell.monitoring.store import MonitoringStore
+
+    model = repository.load("breast-cancer")
+    registry = CollectorRegistry()
+    store = MonitoringStore(f"sqlite:///{tmp_path / 'monitoring.db'}")
+    monitor = Monitor(store, registry, interval=0.2)
+    try:
+        monitor.attach(model)
+        model.run(load_breast_cancer().data[:300])
+        deadline = time.monotonic() + 60  # the reporter process starts on the first report
+        while len(store.predictions_of("breast-cancer")) < 300 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        expected = measure(store, model.spec, monitor.window, monitor.sample_rows)
+        assert expected["predictions"] == 300
+        wanted = expected["drift"]["features"]["mean radius"]["psi"]
+        labels = {"model": "breast-cancer", "feature": "mean radius"}
+        psi = None
+        while psi != pytest.approx(wanted) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            psi = registry.get_sample_value("foretell_drift_psi", labels)
+        assert psi == pytest.approx(wanted), "no background report set the gauge within 60 s"
+        assert monitor._reporter is not None  # measured in the reporter process
+    finally:
+        monitor.close()
+        store.dispose()
+    assert monitor._reporter is None

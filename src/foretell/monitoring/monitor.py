@@ -2,16 +2,22 @@
 
 Reports are computed on request (``GET /v1/models/{name}/monitoring``, ``foretell monitor``)
 and every ``interval`` seconds in the background, which refreshes the drift and quality gauges
-on ``/metrics`` so Prometheus alerting can act on them. Every alert is also logged.
+on ``/metrics`` so Prometheus alerting can act on them. Every alert is also logged. The
+background reports are computed in a reporter process of their own, so that serving neither
+waits for them nor keeps their memory.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import reprlib
+import signal
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import orjson
@@ -116,6 +122,8 @@ class Monitor:
             registry=registry,
         )
         self.models: dict[str, Model] = {}
+        self._reporter: ProcessPoolExecutor | None = None
+        self._reporter_lock = threading.Lock()
         self._stop = threading.Event()
         self._timer = threading.Thread(
             target=self._refresh_loop, name="foretell-monitor", daemon=True
@@ -137,24 +145,10 @@ class Monitor:
         """Quality, input and prediction drift, fairness and alerts of ``spec``'s model over the
         last ``window_seconds``."""
         window = window_seconds or self.window
-        since = time.time() - window
-        logged = self.store.predictions_of(spec.name, since, limit=self.sample_rows)
-        inputs = (
-            pd.DataFrame([orjson.loads(r) for r in logged["inputs"]])
-            if len(logged)
-            else pd.DataFrame()
-        )
-        outputs = [orjson.loads(r) for r in logged["outputs"]] if len(logged) else []
-        labelled = self.store.labelled(spec.name, since, limit=self.sample_rows)
-        result = {
-            "model": spec.name,
-            "window_seconds": window,
-            "predictions": len(logged),
-            "quality": quality(spec, labelled),
-            "drift": {**drift(spec, inputs), "predictions": prediction_drift(spec, outputs)},
-            "fairness": fairness(spec, labelled),
-            "importance": global_importance(outputs),
-        }
+        return self._publish(spec, measure(self.store, spec, window, self.sample_rows))
+
+    def _publish(self, spec: ModelSpec, result: dict[str, Any]) -> dict[str, Any]:
+        """Adds a report's alerts, logs them, and sets the gauges."""
         result["alerts"] = self._alerts(spec, result)
         self._gauges(spec, result)
         return result
@@ -236,11 +230,76 @@ class Monitor:
         while not self._stop.wait(self.interval):
             for model in list(self.models.values()):
                 try:
-                    self.report(model.spec)
+                    self._publish(model.spec, self._measure_apart(model.spec))
                 except Exception:  # a report must never take serving down
                     log.exception("monitoring report of %s failed", model.name)
+
+    def _measure_apart(self, spec: ModelSpec) -> dict[str, Any]:
+        """:func:`measure` in the reporter process, started on first use (again if it died):
+        a report reads thousands of logged rows into pandas and computes drift, which in the
+        serving process would hold its interpreter lock for hundreds of milliseconds (every
+        request waits) and leave its memory high after each report."""
+        with self._reporter_lock:
+            if self._reporter is None:
+                self._reporter = ProcessPoolExecutor(
+                    1, multiprocessing.get_context("spawn"), initializer=_ignore_stop_signals
+                )
+            reporter = self._reporter
+        uri = self.store.connect_uri
+        try:
+            return reporter.submit(_measure_in, uri, spec, self.window, self.sample_rows).result()
+        except BrokenProcessPool:
+            with self._reporter_lock:
+                self._reporter = None
+            raise
 
     def close(self) -> None:
         """Flushes the prediction log and stops the background refresh."""
         self._stop.set()
+        with self._reporter_lock:
+            if self._reporter is not None:
+                self._reporter.shutdown(wait=False, cancel_futures=True)
+                self._reporter = None
         self.predlog.close()
+
+
+def measure(
+    store: MonitoringStore, spec: ModelSpec, window: float, sample_rows: int
+) -> dict[str, Any]:
+    """The report of ``spec``'s model over the last ``window`` seconds, without alerts: quality,
+    input and prediction drift, fairness and global importance, from at most ``sample_rows``
+    of the newest logged (and labelled) predictions."""
+    since = time.time() - window
+    logged = store.predictions_of(spec.name, since, limit=sample_rows)
+    inputs = (
+        pd.DataFrame([orjson.loads(r) for r in logged["inputs"]]) if len(logged) else pd.DataFrame()
+    )
+    outputs = [orjson.loads(r) for r in logged["outputs"]] if len(logged) else []
+    labelled = store.labelled(spec.name, since, limit=sample_rows)
+    return {
+        "model": spec.name,
+        "window_seconds": window,
+        "predictions": len(logged),
+        "quality": quality(spec, labelled),
+        "drift": {**drift(spec, inputs), "predictions": prediction_drift(spec, outputs)},
+        "fairness": fairness(spec, labelled),
+        "importance": global_importance(outputs),
+    }
+
+
+#: The reporter process's stores, by URI: opened once, kept for its later reports.
+_STORES: dict[str, MonitoringStore] = {}
+
+
+def _measure_in(uri: str, spec: ModelSpec, window: float, sample_rows: int) -> dict[str, Any]:
+    """:func:`measure` of the store at ``uri``: the reporter process's work."""
+    store = _STORES.get(uri)
+    if store is None:
+        store = _STORES[uri] = MonitoringStore(uri)
+    return measure(store, spec, window, sample_rows)
+
+
+def _ignore_stop_signals() -> None:
+    """The reporter leaves stopping to the server, which shuts it down once it has drained."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -17,9 +17,11 @@ What it does:
    converted to ONNX. The very same fitted estimator is written with joblib for the peers;
 3. serves it in each configuration of :data:`CONFIGS`, one at a time, and drives identical
    Open Inference Protocol (V2) JSON load with ``wrk``: 1-row requests at 1, 8 and 32
-   connections, 32-row requests at 8 connections, ``--repeat`` runs of ``--duration`` s each
-   after a warm-up; then the same over gRPC with a ``tritonclient.grpc.aio`` load script
-   (Triton's ``perf_analyzer`` is not on PyPI as a binary) for the servers that speak gRPC;
+   connections, 32-row requests at 8 connections, ``--duration`` s each after a warm-up;
+   then the same over gRPC with a ``tritonclient.grpc.aio`` load script (Triton's
+   ``perf_analyzer`` is not on PyPI as a binary) for the servers that speak gRPC. It does so
+   in ``--repeat`` rounds over every configuration (a fresh server each round), so that a busy
+   spell of the shared machine costs every server a run rather than one server all of its;
 4. measures the ceilings: in-process predictions of the same model (onnxruntime alone, the
    scikit-learn estimator alone, and foretell's whole pipeline) and the requests/s of a no-op
    route (``GET /v2/health/live``) on foretell's own HTTP stack, at 32 connections;
@@ -37,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -476,30 +479,19 @@ class Result:
 def measure(
     server: Server, args: argparse.Namespace, wrk_path: str, paths: dict[str, Path]
 ) -> list[Result]:
+    """One run of every load against ``server``, after a warm-up."""
     results = []
     warm = paths["body1"]
     wrk(wrk_path, server.infer_url, paths["lua"], warm, 8, min(args.duration, 3))
     for rows, connections in LOADS:
-        runs = [
-            wrk(
-                wrk_path,
-                server.infer_url,
-                paths["lua"],
-                paths[f"body{rows}"],
-                connections,
-                args.duration,
-            )
-            for _ in range(args.repeat)
-        ]
-        results.append(Result(server.name, "REST", rows, connections, runs))
+        body = paths[f"body{rows}"]
+        run = wrk(wrk_path, server.infer_url, paths["lua"], body, connections, args.duration)
+        results.append(Result(server.name, "REST", rows, connections, [run]))
         say(results[-1].row())
     if server.grpc is not None and not args.no_grpc:
         for rows, connections in LOADS:
-            runs = [
-                grpc_load(f"127.0.0.1:{server.grpc}", rows, connections, args.duration)
-                for _ in range(args.repeat)
-            ]
-            results.append(Result(server.name, "gRPC", rows, connections, runs))
+            run = grpc_load(f"127.0.0.1:{server.grpc}", rows, connections, args.duration)
+            results.append(Result(server.name, "gRPC", rows, connections, [run]))
             say(results[-1].row())
     return results
 
@@ -520,7 +512,9 @@ def machine() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3, help="runs per load (median shown)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="rounds over every server: runs per load (median)"
+    )
     parser.add_argument("--duration", type=int, default=5, help="seconds per run")
     parser.add_argument("--no-peers", action="store_true", help="foretell only")
     parser.add_argument("--no-grpc", action="store_true", help="REST only")
@@ -536,43 +530,55 @@ def main() -> int:
         and (not args.only or any(name.startswith(o) for o in args.only))
     }
     print(f"Machine: {machine()}\n")
-    results: list[Result] = []
     notes: list[str] = []
+    # Rounds, each serving every configuration in turn and running every load once: a busy
+    # spell of the shared machine then costs every server one run, not one server its all.
+    measured: dict[tuple[str, str, int, int], Result] = {}
+    noop = Result("foretell GET /v2/health/live", "REST", 0, 32, [])
+    broken: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="foretell-bench-") as tmp:
         work = Path(tmp)
         say("building the model and the bodies")
         paths = prepare(work)
-        noop = None
-        for name, (kind, options) in chosen.items():
-            server = make_server(name, kind, options, paths, work)
-            if server is None:
-                notes.append(f"{name}: not installed, skipped")
-                continue
-            say(f"--- {name}: {' '.join(server.command)}")
-            try:
-                server.start()
-                rss_before = server.rss_mib()
-                results += measure(server, args, wrk_path, paths)
-                rss = server.rss_mib()
-                notes.append(
-                    f"{name}: ready {server.start_seconds:.1f} s after start; RSS per process "
-                    f"after the load {', '.join(f'{r:.0f}' for r in rss)} MiB "
-                    f"(before: {', '.join(f'{r:.0f}' for r in rss_before)})"
-                )
-                if name == "foretell":
-                    live = server.ready_url.replace("/ready", "/live")
-                    runs = [
-                        wrk(wrk_path, live, paths["lua"], Path("none"), 32, args.duration)
-                        for _ in range(args.repeat)
-                    ]
-                    noop = Result("foretell GET /v2/health/live", "REST", 0, 32, runs)
-            except BenchError as exc:
-                notes.append(f"{name}: failed: {exc}")
-                say(f"{name} failed: {exc}")
-            finally:
-                server.stop()
+        for round_ in range(1, args.repeat + 1):
+            for name, (kind, options) in chosen.items():
+                if name in broken:
+                    continue
+                folder = work / f"round-{round_}"
+                folder.mkdir(exist_ok=True)
+                server = make_server(name, kind, options, paths, folder)
+                if server is None:
+                    notes.append(f"{name}: not installed, skipped")
+                    broken.add(name)
+                    continue
+                say(f"--- round {round_}, {name}: {' '.join(server.command)}")
+                try:
+                    server.start()
+                    rss_before = server.rss_mib()
+                    for result in measure(server, args, wrk_path, paths):
+                        key = (result.server, result.protocol, result.rows, result.connections)
+                        measured.setdefault(key, dataclasses.replace(result, runs=[]))
+                        measured[key].runs += result.runs
+                    rss = server.rss_mib()
+                    if round_ == args.repeat:
+                        notes.append(
+                            f"{name}: ready {server.start_seconds:.1f} s after start; RSS per "
+                            f"process after the load {', '.join(f'{r:.0f}' for r in rss)} MiB "
+                            f"(before: {', '.join(f'{r:.0f}' for r in rss_before)})"
+                        )
+                    if name == "foretell":
+                        live = server.ready_url.replace("/ready", "/live")
+                        noop.runs.append(
+                            wrk(wrk_path, live, paths["lua"], Path("none"), 32, args.duration)
+                        )
+                except BenchError as exc:
+                    notes.append(f"{name}: failed: {exc}")
+                    say(f"{name} failed: {exc}")
+                    broken.add(name)
+                finally:
+                    server.stop()
         ceiling = ceilings(paths)
-    report(results, ceiling, noop, notes)
+    report(list(measured.values()), ceiling, noop if noop.runs else None, notes)
     return 0
 
 

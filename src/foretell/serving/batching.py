@@ -19,7 +19,7 @@ import dataclasses
 import itertools
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,11 +157,11 @@ class _Queue:
         try:
             if small and self.inline_allowed and self.small_seconds < INLINE_SECONDS:
                 # the hop to a thread would cost more than the work
-                started = time.perf_counter()
-                answers = self._answer(taken)
-                self.small_seconds = time.perf_counter() - started
+                answers = self._timed(taken, small, time.perf_counter)
             else:
-                answers = await loop.run_in_executor(None, self._timed, taken, small)
+                answers = await loop.run_in_executor(
+                    None, self._timed, taken, small, time.thread_time
+                )
         except BaseException as exc:  # every waiting caller hears of it
             answers = [exc] * len(taken)
         finally:
@@ -176,15 +176,17 @@ class _Queue:
             else:
                 request.future.set_result(answer)
 
-    def _timed(self, taken: list[_Request], small: bool) -> list[Batch | BaseException]:
-        """:meth:`_answer` in a worker thread, remembering how long a small batch kept the
-        thread busy: its CPU time, not the wall time, which counts waits for the interpreter
-        lock while the event loop holds it, and would keep a fast model off the loop for
-        good."""
-        started = time.thread_time()
+    def _timed(
+        self, taken: list[_Request], small: bool, clock: Callable[[], float]
+    ) -> list[Batch | BaseException]:
+        """:meth:`_answer`, remembering by ``clock`` how long a small batch took. In a worker
+        thread that is the thread's CPU time: the wall time counts waits for the interpreter
+        lock while the event loop holds it, and would keep a fast model off the loop for good.
+        On the loop the wall clock serves, and costs no system call."""
+        started = clock()
         answers = self._answer(taken)
         if small:
-            self.small_seconds = time.thread_time() - started
+            self.small_seconds = clock() - started
         return answers
 
     def _answer(self, taken: list[_Request]) -> list[Batch | BaseException]:

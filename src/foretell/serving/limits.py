@@ -103,7 +103,7 @@ class Deadlines:
 
     def finish(self, task: asyncio.Task[Any] | None) -> bool:
         """Stops timing ``task``; whether it was cancelled for running out of time (that
-        cancellation is then taken back). Calling it again returns False."""
+        cancellation is then taken back)."""
         if task is None:
             return False
         self._due.pop(task, None)
@@ -159,14 +159,16 @@ class Limits:
         :attr:`request_timeout` (the work in a thread goes on; only the wait for it ends).
         ``call`` must let itself be cancelled wherever it waits."""
         task = self.deadlines.start()
+        late = False
         try:
-            return await call
+            try:
+                return await call
+            finally:
+                late = self.deadlines.finish(task)
         except asyncio.CancelledError:
-            if task is not None and self.deadlines.finish(task) and not task.cancelling():
+            if late and task is not None and not task.cancelling():
                 raise self.timed_out() from None
             raise
-        finally:
-            self.deadlines.finish(task)
 
 
 class EnforceLimits:

@@ -166,11 +166,8 @@ def to_json_data(tensor: Tensor) -> list[Any] | np.ndarray:
     """The flat, row-major JSON data of a tensor: a list of text for BYTES, else a flat numpy
     array (orjson writes it with ``OPT_SERIALIZE_NUMPY``, without a Python object per
     element)."""
-    if tensor.datatype != "BYTES":
-        data = tensor.data.reshape(-1)
-        if data.dtype != DATATYPES[tensor.datatype] or not data.flags.c_contiguous:
-            data = np.ascontiguousarray(data, dtype=DATATYPES[tensor.datatype])
-        return data
+    if tensor.datatype != "BYTES":  # no copy when it already is the type, contiguous
+        return np.ascontiguousarray(tensor.data, dtype=DATATYPES[tensor.datatype]).reshape(-1)
     flat: list[Any] = tensor.data.reshape(-1).tolist()
     if all(type(v) is str for v in flat):
         return flat

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from foretell.client import AsyncClient, Client
 from foretell.errors import (
     ForetellError,
     InputFormatError,
@@ -19,6 +19,9 @@ from foretell.errors import (
 )
 from foretell.pipeline import Model, Prediction
 from foretell.repository import ModelSpec, Repository
+
+if TYPE_CHECKING:
+    from foretell.client import AsyncClient, Client
 
 __version__ = "0.1.0"
 
@@ -38,6 +41,15 @@ def load(path: str | Path, version: str | None = None) -> Model:
     if not folder.is_dir():
         raise NotFoundError(f"'{folder}' is not a folder; expected a model or version folder")
     return Repository(folder.parent).load(folder.name, version)
+
+
+def __getattr__(name: str) -> Any:
+    """The clients, imported on first use: their HTTP library costs a server 17 MiB."""
+    if name in ("AsyncClient", "Client"):
+        from foretell import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'foretell' has no attribute '{name}'")
 
 
 __all__ = [

@@ -232,9 +232,8 @@ def batch(
       --destination "postgresql://postgres@127.0.0.1:5432/test?table=scores"`
     * `foretell batch --resume job-1a2b3c4d5e6f` after a crash: finishes the job, no duplicates
     """
-    import os
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _one_math_thread()
     from foretell.jobs.batch import run_batch
     from foretell.jobs.progress import Bar
     from foretell.jobs.store import JobStore
@@ -330,11 +329,10 @@ def stream(
       --destination "sqlite:///scores.db?table=segments"`
     * `cat events.jsonl | foretell stream sentiment --source - --destination out.jsonl`
     """
-    import os
     import signal
     import threading
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _one_math_thread()
     from foretell.destinations import open_destination
     from foretell.destinations.publish import Publisher, is_publisher, open_publisher
     from foretell.jobs.stream import StreamJob, StreamMetrics
@@ -730,9 +728,8 @@ def serve(
     """
     import asyncio
     import math
-    import os
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one math thread per worker process
+    _one_math_thread()
 
     from foretell.repository import Repository
     from foretell.serving import DataPlane
@@ -843,6 +840,22 @@ def serve(
             monitor.close()  # every answered prediction reaches the log
 
 
+def _one_math_thread() -> None:
+    """One math-library thread per process (``OMP_NUM_THREADS=1``) unless the user set
+    ``OMP_NUM_THREADS``: parallelism comes from processes and batching, and a BLAS thread pool
+    per process only competes with them for the cores. numpy has loaded its BLAS by the time a
+    command runs, so the limit is applied to the loaded libraries too; the processes a command
+    starts inherit the variable."""
+    import os
+
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    os.environ["OMP_NUM_THREADS"] = "1"
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
 def _freeze_loaded() -> None:
     """Keeps what is loaded for good (libraries, models) out of the garbage collector's full
     passes, which otherwise walk it all and pause a server or stream for ~100 ms a few times
@@ -936,11 +949,10 @@ def causal_estimate(
       --confounders age --instrument distance_to_clinic --method iv,regression`
     """
     import json
-    import os
     import sys
     import warnings
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _one_math_thread()
     from foretell.insight.causal import CausalWarning, estimate_effect
     from foretell.insight.causal.report import print_report, write_html
 
@@ -994,9 +1006,8 @@ def causal_train(
     --features age,visits_last_year,region --repository foretell-data/models --name coupon-uplift`,
     then `foretell serve` and `POST /v1/models/coupon-uplift:predict`
     """
-    import os
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _one_math_thread()
     from foretell.insight.causal.uplift import train_uplift
 
     with err.status(f"training {bags} bags of {learner} outcome models..."):

@@ -15,11 +15,14 @@ from foretell.errors import ModelLoadError, UnsafeModelError
 from foretell.insight.bayes import normal_columns, spec_level
 from foretell.runtimes.base import Runtime
 
-#: scikit-learn's vendored array-API shims for torch, dask and cupy. Importing skops.io walks
-#: every scikit-learn package to list its trusted estimators, which imports these and with
-#: them torch and dask: seconds of start-up for shims that CPU estimators never use.
-_ARRAY_API_SHIMS = tuple(
-    f"sklearn.externals.array_api_compat.{name}" for name in ("torch", "dask", "cupy")
+#: What importing skops.io would import for nothing: it walks every scikit-learn package to
+#: list its trusted estimators, which imports scikit-learn's vendored array-API shims for
+#: torch, dask and cupy (and with them torch and dask: seconds of start-up for shims that CPU
+#: estimators never use), and its testing helpers, which import pytest where it is installed
+#: (5 MiB of every server's memory).
+_NOT_FOR_LOADING = (
+    *(f"sklearn.externals.array_api_compat.{name}" for name in ("torch", "dask", "cupy")),
+    "pytest",
 )
 
 
@@ -74,7 +77,7 @@ class SklearnRuntime(Runtime):
             )
 
     def _load_skops(self, path: Path) -> Any:
-        with _without_array_api_shims():
+        with _without_unneeded_imports():
             import skops.io as sio
 
         untrusted = sio.get_untrusted_types(file=path)
@@ -135,10 +138,11 @@ class SklearnRuntime(Runtime):
 
 
 @contextmanager
-def _without_array_api_shims() -> Iterator[None]:
-    """Makes the shims in :data:`_ARRAY_API_SHIMS` unimportable for the block (a package walk
-    skips packages that fail to import), then importable again for whoever needs them."""
-    blocked = [name for name in _ARRAY_API_SHIMS if name not in sys.modules]
+def _without_unneeded_imports() -> Iterator[None]:
+    """Makes the modules in :data:`_NOT_FOR_LOADING` unimportable for the block (a package walk
+    skips packages that fail to import, and scikit-learn's testing helpers do without pytest),
+    then importable again for whoever needs them."""
+    blocked = [name for name in _NOT_FOR_LOADING if name not in sys.modules]
     for name in blocked:
         sys.modules[name] = None  # type: ignore[assignment]  # import raises ImportError
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from sklearn.datasets import load_breast_cancer
 
 import foretell
 from foretell import Repository, ValidationError
+from foretell.pipeline.model import new_ids
 
 FRAUD_ROW: dict[str, Any] = {
     "amount": 25.0,
@@ -43,11 +45,26 @@ def test_result_carries_id_model_version_outputs_decision_and_timings(
     repository: Repository, cancer: pd.DataFrame
 ) -> None:
     [result] = repository.load("breast-cancer").predict(cancer.iloc[:1])
-    assert uuid.UUID(result.prediction_id).version == 4
+    assert uuid.UUID(result.prediction_id).version == 7
     assert (result.model, result.version) == ("breast-cancer", "2")
     assert set(result.outputs) == {"label", "probabilities"}
     assert result.decision in {"refer", "review", "routine"}
     assert set(result.timings_ms) == {"validate", "preprocess", "forward", "postprocess", "decide"}
+
+
+def test_prediction_ids_are_unique_version_7_uuids_in_time_order() -> None:
+    before = time.time_ns() // 1_000_000
+    first = new_ids(1000)
+    time.sleep(0.002)
+    later = new_ids(3)
+    after = time.time_ns() // 1_000_000
+    parsed = [uuid.UUID(i) for i in first + later]
+    assert [str(u) for u in parsed] == first + later  # canonical lower-case text
+    assert {(u.version, u.variant) for u in parsed} == {(7, uuid.RFC_4122)}
+    assert len(set(first + later)) == len(first) + len(later)
+    stamps = [u.int >> 80 for u in parsed]  # the first 48 bits: Unix time in milliseconds
+    assert before <= min(stamps) and max(stamps) <= after
+    assert max(first) < min(later)  # a later batch sorts after an earlier one
 
 
 def test_every_input_form_gives_the_same_results(

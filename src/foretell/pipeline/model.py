@@ -381,19 +381,24 @@ class Batch:
         }
 
 
-#: A random hex digit -> the digit with the RFC 4122 variant bits (10xx) set, keeping its
+#: A random hex digit -> the digit with the RFC 9562 variant bits (10xx) set, keeping its
 #: two low bits.
 _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 def new_ids(n: int) -> list[str]:
-    """``n`` random (version 4) UUIDs as text, made in bulk: a fraction of ``uuid.uuid4``'s
-    cost. The version and variant bits are written on the hex digits of random bytes."""
-    h = os.urandom(16 * n).hex()
+    """``n`` time-ordered (version 7, RFC 9562) UUIDs as text, made in bulk at a fraction of
+    ``uuid``'s cost: 48 bits of Unix time in milliseconds, then 74 random bits.
+
+    Time order keeps the prediction log's primary-key index growing at its end: with random
+    (version 4) ids, SQLite's insert cost twice the CPU per row once the log outgrew its page
+    cache, and the log's writer is what limits serving at large batches."""
+    ms = f"{time.time_ns() // 1_000_000:012x}"
+    head = f"{ms[:8]}-{ms[8:]}-7"
+    h = os.urandom(10 * n).hex()  # 19 of every 20 digits used
     return [
-        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-{_VARIANT[h[i + 16]]}"
-        f"{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
-        for i in range(0, 32 * n, 32)
+        f"{head}{h[i : i + 3]}-{_VARIANT[h[i + 3]]}{h[i + 4 : i + 7]}-{h[i + 7 : i + 19]}"
+        for i in range(0, 20 * n, 20)
     ]
 
 

@@ -19,7 +19,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -167,12 +167,13 @@ class _Writer:
         for key, spec, wire in items:
             if spec is not None:
                 self.models[key] = _Logged(spec)
-            rows += self._rows(wire.batch(self.models[key]))
+            matrix = wire.inputs if isinstance(wire.inputs, np.ndarray) else None
+            rows += self._rows(wire.batch(self.models[key]), matrix)
         if not rows:
             return 0, 0
         for attempt in range(5):
             try:
-                self.store.log(rows)
+                self.store.log_values(rows)
                 return len(rows), 0
             except Exception as exc:  # the store is down: retry, then count and go on
                 log.warning(
@@ -184,7 +185,9 @@ class _Writer:
                 time.sleep(min(0.2 * 2**attempt, 3.0))
         return 0, len(rows)
 
-    def _rows(self, batch: Batch) -> list[dict[str, Any]]:
+    def _rows(self, batch: Batch, matrix: np.ndarray | None) -> list[tuple[Any, ...]]:
+        """The logged rows of ``batch`` (the store's ``LOGGED`` columns, in order); ``matrix``:
+        its inputs as one (rows, inputs) array in schema order, when they came so."""
         kept: Sequence[int] = range(len(batch.usable))
         if self.sample_rate < 1.0:  # sampled first: a row left out costs nothing more
             kept = [j for j in kept if random.random() < self.sample_rate]
@@ -196,27 +199,29 @@ class _Writer:
         names = model.spec.feature_names
         now = time.time()
         positions = batch.usable[kept] if len(kept) < len(batch.usable) else batch.usable
-        # whole columns at a time: a Python call per value would hold the GIL that serving needs
+        # whole rows or columns at a time: a Python call per value costs more than the row
         whole = len(positions) == batch.length
-        columns = [_values(batch.inputs[n], positions, whole) for n in names]
-        rows = []
-        for j, row, values in zip(
-            kept, positions.tolist(), zip(*columns, strict=True), strict=True
-        ):
-            inputs = dict(zip(names, values, strict=True))  # orjson writes NaN as null
-            rows.append(
-                {
-                    "prediction_id": batch.prediction_ids[row],
-                    "model": model.name,
-                    "version": model.version,
-                    "ts": now,
-                    "inputs": orjson.dumps(inputs, option=_OPTIONS).decode(),
-                    "outputs": orjson.dumps(records[j], option=_OPTIONS).decode(),
-                    "decision": str(batch.decisions[j]),
-                    "latency_ms": latency,
-                }
+        values: Iterable[Sequence[Any]]
+        if matrix is not None:
+            values = (matrix if whole else matrix[positions]).tolist()
+        else:
+            columns = [_values(batch.inputs[n], positions, whole) for n in names]
+            values = zip(*columns, strict=True)
+        ids, decisions = batch.prediction_ids, batch.decisions.tolist()
+        dumps, name, version = orjson.dumps, model.name, model.version
+        return [
+            (
+                ids[row],
+                name,
+                version,
+                now,
+                dumps(dict(zip(names, inputs, strict=True)), option=_OPTIONS).decode(),
+                dumps(records[j], option=_OPTIONS).decode(),  # orjson writes NaN as null
+                str(decisions[j]),
+                latency,
             )
-        return rows
+            for j, row, inputs in zip(kept, positions.tolist(), values, strict=True)
+        ]
 
 
 @dataclasses.dataclass

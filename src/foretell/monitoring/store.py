@@ -19,6 +19,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 from foretell.sources.sql_uri import open_engine, parse_sql_uri
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+#: The columns of a logged prediction, in the order :meth:`MonitoringStore.log_values` takes.
+LOGGED = (
+    "prediction_id",
+    "model",
+    "version",
+    "ts",
+    "inputs",
+    "outputs",
+    "decision",
+    "latency_ms",
+)
 
 
 def _with_prefix(uri: str) -> str:
@@ -66,20 +77,23 @@ class MonitoringStore:
 
     def log(self, rows: Sequence[dict[str, Any]]) -> None:
         """Stores predictions (idempotent on prediction id); a column a row leaves out is NULL."""
+        self.log_values([tuple(map(row.get, LOGGED)) for row in rows])
+
+    def log_values(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """:meth:`log` for rows given as tuples of the :data:`LOGGED` columns, in that order,
+        as the prediction log's writer builds them."""
         if not rows:
             return
         # straight to the driver: SQLAlchemy's per-row parameter processing cost more than the
         # insert itself, under the interpreter lock that serving needs
-        columns = self.predictions.columns
-        keys = columns.keys()
+        columns = [self.predictions.c[name] for name in LOGGED]
         quote = self.engine.dialect.identifier_preparer
         names = ", ".join(quote.format_column(c) for c in columns)
         into = f"INSERT INTO {quote.format_table(self.predictions)} ({names})"
         with self.engine.begin() as db:
             if self.dialect is sqlite:
-                marks = ", ".join("?" * len(keys))
-                values = [tuple(map(row.get, keys)) for row in rows]
-                db.exec_driver_sql(f"{into} VALUES ({marks}) ON CONFLICT DO NOTHING", values)
+                marks = ", ".join("?" * len(columns))
+                db.exec_driver_sql(f"{into} VALUES ({marks}) ON CONFLICT DO NOTHING", rows)
             else:
                 # one statement over one array per column, sent in binary: psycopg's
                 # executemany adapts every value in Python, at about SQLAlchemy's cost
@@ -88,7 +102,7 @@ class MonitoringStore:
                 into = into.replace("%", "%%")  # else a % in the table's name reads as a marker
                 db.exec_driver_sql(
                     f"{into} SELECT * FROM unnest({arrays}) ON CONFLICT DO NOTHING",
-                    tuple([row.get(k) for row in rows] for k in keys),
+                    tuple(map(list, zip(*rows, strict=True))),
                 )
 
     def add_feedback(self, model: str, items: Sequence[tuple[str, Any]]) -> int:

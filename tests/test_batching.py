@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -10,10 +13,13 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 from sklearn.datasets import load_breast_cancer
 
 from foretell import Repository
 from foretell.errors import ForetellError, ValidationError
+from foretell.monitoring.monitor import Monitor
+from foretell.monitoring.store import MonitoringStore
 from foretell.pipeline import Model, Prediction
 from foretell.pipeline.model import Batch
 from foretell.serving.batching import Batcher, BatchPolicy
@@ -254,3 +260,62 @@ def test_concurrent_v1_callers_get_their_own_rows(batching_server: Server) -> No
 def test_serve_refuses_a_batch_size_below_one(examples_root: Path, tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="max-batch-size"):
         Server(["--repository", str(examples_root), "--max-batch-size", "0"], cwd=tmp_path)
+
+
+def test_a_prediction_log_far_behind_makes_callers_wait_but_never_the_event_loop(
+    cancer: Model, tmp_path: Path
+) -> None:
+    path = tmp_path / "monitoring.db"
+    store = MonitoringStore(f"sqlite:///{path}")
+    monitor = Monitor(store, CollectorRegistry())
+    monitor.attach(cancer)
+    log = monitor.predlog
+    batcher = Batcher(BatchPolicy(max_batch_size=64))
+    lock = sqlite3.connect(path, check_same_thread=False)
+    # without the guard the loop itself would wait for the lock: let go in the end regardless
+    safety = threading.Timer(5.0, lock.rollback)
+
+    def fill() -> int:
+        """Scores single rows until the log's queue is full and stays full (its writer
+        cannot write, and what it was sent fills the pipe to it)."""
+        for scored in range(1, 10 * log.queue.maxsize):
+            cancer.run(CANCER[scored % 500 : scored % 500 + 1])
+            if log.queue.full():
+                time.sleep(0.2)  # longer than the shipper lingers before it takes more
+                if log.queue.full():
+                    return scored
+        raise AssertionError("the prediction log's queue never filled")
+
+    async def main() -> tuple[float, bool, int]:
+        await batcher.predict(cancer, CANCER[:1])  # measured quick: may now run on the loop
+        for _ in range(300):  # the writer process is up once that prediction is stored
+            if len(store.predictions_of("breast-cancer")):
+                break
+            await asyncio.sleep(0.1)
+        lock.execute("BEGIN EXCLUSIVE")  # the writer waits for the database from now on
+        safety.start()
+        filled = await asyncio.to_thread(fill)
+        assert log.behind()
+        loop = asyncio.get_running_loop()
+        caller = asyncio.ensure_future(batcher.predict(cancer, CANCER[1:2]))
+        started = loop.time()
+        await asyncio.sleep(0.2)
+        lag = loop.time() - started - 0.2  # how late the loop woke up
+        waited = not caller.done()
+        safety.cancel()
+        lock.rollback()  # the writer catches up, and the caller gets its answer
+        [answer] = await asyncio.wait_for(caller, 60)
+        assert answer.decision in {"refer", "review", "routine"}
+        return lag, waited, filled
+
+    try:
+        lag, waited, filled = asyncio.run(main())
+    finally:
+        safety.cancel()
+        lock.close()
+        monitor.close()
+    assert lag < 0.5  # other requests (health checks among them) were answered meanwhile
+    assert waited  # back-pressure: the caller waited for room in the log
+    stored = store.predictions_of("breast-cancer")
+    assert len(stored) == filled + 2  # everything answered was logged, once
+    assert stored["prediction_id"].is_unique

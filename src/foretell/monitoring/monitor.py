@@ -133,6 +133,7 @@ class Monitor:
     def attach(self, model: Model) -> None:
         """Logs every batch ``model`` scores from now on."""
         model.observers.append(self.predlog.observe)
+        model.observers_behind.append(self.predlog.behind)
         self.models[model.name] = model
 
     def feedback(self, spec: ModelSpec, items: Sequence[tuple[str, Any]]) -> int:

@@ -70,6 +70,11 @@ class PredictionLog:
         if len(batch.usable):
             self.queue.put(batch)
 
+    def behind(self) -> bool:
+        """Whether the writer is far behind: the queue is over half full, and the next
+        batches may wait in :meth:`observe` for room."""
+        return self.queue.qsize() > self.queue.maxsize // 2
+
     def _run(self) -> None:
         stopping = False
         while not stopping:

@@ -91,6 +91,9 @@ class Model:
         self.feature_names = spec.feature_names
         #: Called with every scored batch (the server's metrics listen here).
         self.observers: list[Callable[[Batch], None]] = []
+        #: Whether an observer is behind and may make the next batch wait for it (the
+        #: prediction log's writer, say): the server then scores off its event loop.
+        self.observers_behind: list[Callable[[], bool]] = []
         # built on first use: scoring the calibration set, reading the background sample
         self._insight_lock = threading.Lock()
         self._calibration: Calibration | None = None

@@ -6,7 +6,8 @@ hold ``max_batch_size`` rows, or when the model is idle and the oldest has waite
 ``max_wait_ms``; while a batch runs, the next one forms. A merged or large batch runs in a
 worker thread (a small batch of a fast model runs on the event loop: the hop to a thread, and
 the wait for the interpreter lock on the way back, would cost more than its forward pass;
-see :data:`INLINE_SECONDS`), and its rows are
+see :data:`INLINE_SECONDS`; not while the prediction log is far behind, whose back-pressure
+must never stop the loop), and its rows are
 split back by offset: every caller gets its own rows, prediction ids and errors, and a caller
 whose rows break a rejecting model's schema gets its ValidationError without failing the
 others. With ``max_batch_size`` 1 every request runs alone, at once.
@@ -155,8 +156,15 @@ class _Queue:
         loop = asyncio.get_running_loop()
         small = sum(len(r.columns) for r in taken) <= INLINE_ROWS
         try:
-            if small and self.inline_allowed and self.small_seconds < INLINE_SECONDS:
-                # the hop to a thread would cost more than the work
+            if (
+                small
+                and self.inline_allowed
+                and self.small_seconds < INLINE_SECONDS
+                and not any(behind() for behind in self.model.observers_behind)
+            ):
+                # the hop to a thread would cost more than the work; but where an observer
+                # may make the batch wait (a prediction log far behind), that wait blocks a
+                # worker thread and the caller, never the event loop and every other request
                 answers = self._timed(taken, small, time.perf_counter)
             else:
                 answers = await loop.run_in_executor(

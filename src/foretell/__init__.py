@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import typing as _typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from foretell.errors import (
     ForetellError,
@@ -20,7 +20,7 @@ from foretell.errors import (
 from foretell.pipeline import Model, Prediction
 from foretell.repository import ModelSpec, Repository
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from foretell.client import AsyncClient, Client
 
 __version__ = "0.1.0"
@@ -43,7 +43,7 @@ def load(path: str | Path, version: str | None = None) -> Model:
     return Repository(folder.parent).load(folder.name, version)
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     """The clients, imported on first use: their HTTP library costs a server 17 MiB."""
     if name in ("AsyncClient", "Client"):
         from foretell import client

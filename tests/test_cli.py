@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -161,3 +162,22 @@ def test_a_real_process_exits_non_zero_without_a_traceback(tmp_path: Path) -> No
     )
     assert done.returncode == 3
     assert done.stderr.strip() == f"Error: model repository '{tmp_path / 'none'}' is not a folder"
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, 1), ("2", 2)])
+def test_commands_run_one_math_thread_unless_the_user_says_otherwise(
+    given: str | None, expected: int
+) -> None:
+    # numpy has loaded its BLAS, with a thread per core, before any command runs
+    script = (
+        "import os; from foretell.cli import _one_math_thread; _one_math_thread(); "
+        "from threadpoolctl import threadpool_info; "
+        "print(os.environ['OMP_NUM_THREADS'], {i['num_threads'] for i in threadpool_info()})"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if given is not None:
+        env["OMP_NUM_THREADS"] = given
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split(maxsplit=1) == [str(expected), f"{{{expected}}}\n"]

@@ -232,7 +232,6 @@ def batch(
       --destination "postgresql://postgres@127.0.0.1:5432/test?table=scores"`
     * `foretell batch --resume job-1a2b3c4d5e6f` after a crash: finishes the job, no duplicates
     """
-
     _one_math_thread()
     from foretell.jobs.batch import run_batch
     from foretell.jobs.progress import Bar
@@ -1010,7 +1009,6 @@ def causal_train(
     --features age,visits_last_year,region --repository foretell-data/models --name coupon-uplift`,
     then `foretell serve` and `POST /v1/models/coupon-uplift:predict`
     """
-
     _one_math_thread()
     from foretell.insight.causal.uplift import train_uplift
 

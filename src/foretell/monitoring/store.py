@@ -78,6 +78,7 @@ class MonitoringStore:
             sa.Column("received_at", sa.Float, nullable=False),
         )
         meta.create_all(self.engine)
+        self._insert = self._insert_statement()
 
     def log(self, rows: Sequence[dict[str, Any]]) -> None:
         """Stores predictions (idempotent on prediction id); a column a row leaves out is NULL."""
@@ -88,26 +89,26 @@ class MonitoringStore:
         as the prediction log's writer builds them."""
         if not rows:
             return
-        # straight to the driver: SQLAlchemy's per-row parameter processing cost more than the
-        # insert itself, under the interpreter lock that serving needs
+        # SQLite takes the rows, PostgreSQL one array per column (see _insert_statement)
+        values = rows if self.is_sqlite else tuple(map(list, zip(*rows, strict=True)))
+        with self.engine.begin() as db:
+            db.exec_driver_sql(self._insert, values)
+
+    def _insert_statement(self) -> str:
+        """The prediction log's insert, idempotent on prediction id, straight to the driver:
+        SQLAlchemy's per-row parameter processing cost more than the insert itself, under the
+        interpreter lock that serving needs."""
         columns = [self.predictions.c[name] for name in LOGGED]
         quote = self.engine.dialect.identifier_preparer
         names = ", ".join(quote.format_column(c) for c in columns)
         into = f"INSERT INTO {quote.format_table(self.predictions)} ({names})"
-        with self.engine.begin() as db:
-            if self.is_sqlite:
-                marks = ", ".join("?" * len(columns))
-                db.exec_driver_sql(f"{into} VALUES ({marks}) ON CONFLICT DO NOTHING", rows)
-            else:
-                # one statement over one array per column, sent in binary: psycopg's
-                # executemany adapts every value in Python, at about SQLAlchemy's cost
-                types = [c.type.compile(self.engine.dialect) for c in columns]
-                arrays = ", ".join(f"%b::{t}[]" for t in types)
-                into = into.replace("%", "%%")  # else a % in the table's name reads as a marker
-                db.exec_driver_sql(
-                    f"{into} SELECT * FROM unnest({arrays}) ON CONFLICT DO NOTHING",
-                    tuple(map(list, zip(*rows, strict=True))),
-                )
+        if self.is_sqlite:
+            return f"{into} VALUES ({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING"
+        # one statement over one array per column, sent in binary: psycopg's executemany
+        # adapts every value in Python, at about SQLAlchemy's cost
+        arrays = ", ".join(f"%b::{c.type.compile(self.engine.dialect)}[]" for c in columns)
+        into = into.replace("%", "%%")  # else a % in the table's name reads as a marker
+        return f"{into} SELECT * FROM unnest({arrays}) ON CONFLICT DO NOTHING"
 
     def add_feedback(self, model: str, items: Sequence[tuple[str, Any]]) -> int:
         """Stores ground truth per prediction id; a later value replaces an earlier one."""

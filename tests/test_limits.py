@@ -253,15 +253,18 @@ def _closed_within(sock: socket.socket, seconds: float) -> bytes:
 
 
 def test_a_slow_client_is_cut_off_and_blocks_no_one(slow_server: Server) -> None:
-    """Slowloris: headers, a body, or nothing at all, sent too slowly."""
+    """Slowloris: headers, a body (to a V1 route, and to V2 infer's fast path), or nothing at
+    all, sent too slowly."""
     url = f"{slow_server.url}/v1/models/quick:predict"
     silent = _connect(slow_server)
     dribbling = _connect(slow_server)
-    slow_body = _connect(slow_server)
-    slow_body.sendall(
-        b"POST /v1/models/sleeper:predict HTTP/1.1\r\nHost: x\r\n"
-        b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
-    )
+    paths = ["/v1/models/sleeper:predict", "/v2/models/quick/infer"]
+    slow_bodies = [_connect(slow_server) for _ in paths]
+    for sock, path in zip(slow_bodies, paths, strict=True):
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\n".encode()
+            + b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+        )
     stop = threading.Event()
 
     def dribble() -> None:  # a header byte every 0.2 s: never completes
@@ -281,13 +284,14 @@ def test_a_slow_client_is_cut_off_and_blocks_no_one(slow_server: Server) -> None
             assert httpx.post(url, json=_sleep(0), timeout=5).status_code == 200
         assert _closed_within(silent, LIMIT + 2) == b""
         assert _closed_within(dribbling, LIMIT + 2) == b""
-        answer = _closed_within(slow_body, LIMIT + 2)
-        assert answer.startswith(b"HTTP/1.1 504") and f"limit of {LIMIT} s".encode() in answer
+        for sock in slow_bodies:
+            answer = _closed_within(sock, LIMIT + 2)
+            assert answer.startswith(b"HTTP/1.1 504") and f"limit of {LIMIT} s".encode() in answer
         assert time.monotonic() - started < LIMIT + 4
     finally:
         stop.set()
         sender.join()
-        for sock in (silent, dribbling, slow_body):
+        for sock in (silent, dribbling, *slow_bodies):
             sock.close()
 
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 import re
 from urllib.parse import quote
 
-import orjson
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from foretell.errors import ForbiddenError, UnauthorizedError
 from foretell.serving.keys import ApiKey, KeyStore
+from foretell.serving.limits import send_error
 
 MISSING_KEY = (
     "a valid API key is required: send 'Authorization: Bearer <key>' "
@@ -112,15 +112,10 @@ class Authorise:
             await _to_sign_in(send, scope, needed if key is not None else None)
             return
         if key is None:
-            await _deny(
-                send,
-                401,
-                "a valid API key is required: send 'Authorization: Bearer "
-                "<key>' (create one with: foretell keys create --scope ...)",
-            )
+            await send_error(send, UnauthorizedError(MISSING_KEY))
             return
         if not key.allows(needed):
-            await _deny(send, 403, f"key '{key.id}' lacks the scope '{needed}'")
+            await send_error(send, ForbiddenError(f"key '{key.id}' lacks the scope '{needed}'"))
             return
         scope.setdefault("state", {})["key_id"] = key.id  # rate limits count per key
         scope["state"]["api_key"] = key  # the pages show what the key opens
@@ -142,12 +137,3 @@ async def _to_sign_in(send: Send, scope: Scope, lacking: str | None) -> None:
     headers = [(b"location", target.encode("latin-1")), (b"content-length", b"0")]
     await send({"type": "http.response.start", "status": 303, "headers": headers})
     await send({"type": "http.response.body", "body": b""})
-
-
-async def _deny(send: Send, status: int, message: str) -> None:
-    body = orjson.dumps({"error": message})
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if status == 401:
-        headers.append((b"www-authenticate", b'Bearer realm="foretell"'))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 
@@ -52,10 +53,9 @@ class RequestMetrics:
             return
         status = 0
         started = time.perf_counter()
-        request_id = next(
-            (v.decode("latin-1")[:128] for k, v in scope["headers"] if k == b"x-request-id"), ""
+        request_id = request_id_of(
+            next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
         )
-        request_id = request_id or os.urandom(16).hex()  # 128 random bits, as uuid4's hex
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def record_status(message: Message) -> None:
@@ -76,32 +76,54 @@ class RequestMetrics:
                 await send({"type": "http.response.body", "body": body})
             raise
         finally:
-            self._record(scope, status or 500, time.perf_counter() - started, request_id)
+            name = scope.get("path_params", {}).get("name")
+            seconds = time.perf_counter() - started
+            record_request(
+                self.plane, scope["method"], scope["path"], name, status or 500, seconds, request_id
+            )
 
-    def _record(self, scope: Scope, status: int, seconds: float, request_id: str) -> None:
-        path = scope["path"]
-        name = scope.get("path_params", {}).get("name")
-        model = None if name is None else name if name in self.plane.states else "(unknown)"
-        if model is not None:
-            protocol = (
-                "v1" if path.startswith("/v1/") else "ui" if path.startswith("/ui/") else "v2"
-            )
-            metrics = self.plane.metrics
-            metrics.child(metrics.requests, model, protocol, str(status)).inc()
-            metrics.child(metrics.duration, model, protocol).observe(seconds)
-        if access.isEnabledFor(logging.INFO):
-            access.info(
-                "%s %s %d",
-                scope["method"],
-                path,
-                status,
-                extra={
-                    "request_id": request_id,
-                    **({"model": model} if model is not None else {}),
-                    "status": status,
-                    "duration_ms": round(seconds * 1000, 3),
-                },
-            )
+
+_REQUEST_ID = re.compile(rb"[ -~]+")
+
+
+def request_id_of(header: bytes | None) -> str:
+    """The request's id: its ``X-Request-ID`` header (cut to 128 characters) when that is
+    printable ASCII, else 128 random bits in hex (as a uuid4's)."""
+    if header and _REQUEST_ID.fullmatch(header):
+        return header[:128].decode("ascii")
+    return os.urandom(16).hex()
+
+
+def record_request(
+    plane: DataPlane,
+    method: str,
+    path: str,
+    name: str | None,
+    status: int,
+    seconds: float,
+    request_id: str,
+) -> None:
+    """Counts a request that took ``seconds`` in the metrics of model ``name`` (None: a
+    route of no model), and writes the access log's line."""
+    model = None if name is None else name if name in plane.states else "(unknown)"
+    if model is not None:
+        protocol = "v1" if path.startswith("/v1/") else "ui" if path.startswith("/ui/") else "v2"
+        metrics = plane.metrics
+        metrics.child(metrics.requests, model, protocol, str(status)).inc()
+        metrics.child(metrics.duration, model, protocol).observe(seconds)
+    if access.isEnabledFor(logging.INFO):
+        access.info(
+            "%s %s %d",
+            method,
+            path,
+            status,
+            extra={
+                "request_id": request_id,
+                **({"model": model} if model is not None else {}),
+                "status": status,
+                "duration_ms": round(seconds * 1000, 3),
+            },
+        )
 
 
 def _start(status: int, body: bytes) -> Message:

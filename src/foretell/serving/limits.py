@@ -26,7 +26,12 @@ from typing import Any, TypeVar
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from foretell.errors import ForetellError, RateLimitedError, RequestTimeoutError
+from foretell.errors import (
+    ForetellError,
+    RateLimitedError,
+    RequestTimeoutError,
+    UnauthorizedError,
+)
 
 #: Paths never rate limited: load balancers and orchestrators poll them.
 EXEMPT = frozenset({"/v2/health/live", "/v2/health/ready"})
@@ -257,23 +262,23 @@ def caller(scope: Scope) -> str:
     return f"client {client[0] if client else 'unknown'}"
 
 
+def error_parts(error: ForetellError) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The JSON body and the headers of the answer to ``error``."""
+    body = orjson.dumps(error.to_json())
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if isinstance(error, RateLimitedError):
+        headers.append((b"retry-after", str(error.retry_after).encode()))
+    elif isinstance(error, UnauthorizedError):
+        headers.append((b"www-authenticate", b'Bearer realm="foretell"'))
+    return body, headers
+
+
 async def send_error(
     send: Send, error: ForetellError, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
     """Answers with ``error`` as JSON, before the app has answered anything."""
-    body = orjson.dumps(error.to_json())
-    extra = list(headers or [])
-    if isinstance(error, RateLimitedError):
-        extra.append((b"retry-after", str(error.retry_after).encode()))
+    body, own = error_parts(error)
     await send(
-        {
-            "type": "http.response.start",
-            "status": error.status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *extra,
-            ],
-        }
+        {"type": "http.response.start", "status": error.status, "headers": own + (headers or [])}
     )
     await send({"type": "http.response.body", "body": body})

@@ -1,5 +1,6 @@
-"""uvicorn's HTTP protocol as foretell runs it: each response leaves in one write, and
-clients slow to send their request headers are disconnected."""
+"""uvicorn's HTTP protocol as foretell runs it: each response leaves in one write, clients
+slow to send their request headers are disconnected, and V2 infer requests go to the fast
+path (:mod:`foretell.serving.fastpath`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import asyncio
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from foretell.serving.fastpath import FastCycle, FastInfer
 
 
 class OneWrite:
@@ -41,11 +44,13 @@ class OneWrite:
 
 
 class HttpProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP protocol writing through :class:`OneWrite`, and closing connections
-    that take over :attr:`seconds` to send a request's headers (uvicorn itself only times out
-    idle keep-alive connections); ``None`` waits for ever."""
+    """uvicorn's HTTP protocol writing through :class:`OneWrite`, closing connections that
+    take over :attr:`seconds` to send a request's headers (uvicorn itself only times out idle
+    keep-alive connections; ``None`` waits for ever), and handing the infer requests that
+    :attr:`fast` takes to it rather than to the ASGI app."""
 
     seconds: float | None = None
+    fast: FastInfer | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(OneWrite(transport, self.loop))  # type: ignore[arg-type]
@@ -62,6 +67,30 @@ class HttpProtocol(HttpToolsProtocol):
             self._deadline.cancel()
         super().connection_lost(exc)
 
+    def on_headers_complete(self) -> None:
+        idle = self.cycle is None or self.cycle.response_complete
+        if self.fast is not None and idle:
+            cycle = self.fast.take(self.parser, self.url, self.headers)
+            if cycle is not None:
+                self.cycle = cycle  # type: ignore[assignment]
+                self.fast.start(self, cycle)
+                return
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        cycle: object = self.cycle  # uvicorn's cycle, or a FastCycle
+        if type(cycle) is FastCycle:
+            cycle.chunks.append(body)  # at most the declared length, within the limit
+        else:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        cycle: object = self.cycle
+        if type(cycle) is FastCycle:
+            cycle.complete()
+        else:
+            super().on_message_complete()
+
     def _arm(self) -> None:
         if self.seconds is not None:
             waiting_since = self.cycle
@@ -75,7 +104,10 @@ class HttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def http_protocol(header_seconds: float | None) -> type[HttpProtocol]:
+def http_protocol(
+    header_seconds: float | None, fast: FastInfer | None = None
+) -> type[HttpProtocol]:
     """The protocol class for uvicorn (``http=``), closing senders of headers slower than
-    ``header_seconds`` (None: never)."""
-    return type("HttpProtocol", (HttpProtocol,), {"seconds": header_seconds})
+    ``header_seconds`` (None: never) and serving the infer requests ``fast`` takes (None: all
+    through the ASGI app)."""
+    return type("HttpProtocol", (HttpProtocol,), {"seconds": header_seconds, "fast": fast})

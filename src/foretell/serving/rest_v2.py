@@ -242,7 +242,7 @@ class InferRoute:
         except ForetellError as exc:
             await send_error(send, exc)
             return
-        except _ClientGone:
+        except ClientGone:
             return
         headers.append((b"content-length", str(len(content)).encode()))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -260,12 +260,19 @@ class InferRoute:
         body = await collect_body(
             _chunks(receive), wanted[0] or "", wanted[1] or "identity", self.limit
         )
-        infer_request = parse_infer(body, wanted[2], name, version)
+        return await self.respond(name, version, body, wanted[2])
+
+    async def respond(
+        self, name: str, version: str | None, body: bytes, header_length: str | None
+    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        """The answer's body and headers to the request ``body`` (its
+        Inference-Header-Content-Length is ``header_length``) for model ``name``."""
+        infer_request = parse_infer(body, header_length, name, version)
         response = await self.v2.infer(infer_request)
         return render_infer(infer_request, response)
 
 
-class _ClientGone(Exception):
+class ClientGone(Exception):
     """The client disconnected before it sent its whole body: nobody to answer."""
 
 
@@ -285,7 +292,7 @@ async def _chunks(receive: Receive) -> AsyncIterator[bytes]:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise _ClientGone
+            raise ClientGone
         yield message.get("body", b"")
         if not message.get("more_body", False):
             return

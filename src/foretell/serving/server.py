@@ -11,6 +11,7 @@ from typing import Any
 import uvicorn
 
 from foretell.serving.dataplane import DataPlane
+from foretell.serving.fastpath import FastInfer
 from foretell.serving.http import create_app
 from foretell.serving.keys import KeyStore
 from foretell.serving.limits import Limits
@@ -57,7 +58,7 @@ async def serve(
         log_config=log_config,
         ssl_certfile=str(tls[0]) if tls else None,
         ssl_keyfile=str(tls[1]) if tls else None,
-        http=http_protocol(limits.request_timeout),
+        http=http_protocol(limits.request_timeout, FastInfer(plane, keys, limits)),
     )
     http = uvicorn.Server(config)
     grpc_server = None

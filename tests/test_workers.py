@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -12,6 +13,7 @@ import httpx
 import pytest
 from sklearn.datasets import load_breast_cancer
 
+from foretell.serving.workers import Siblings
 from tests.conftest import Server
 
 ROWS = load_breast_cancer().data[:2].tolist()
@@ -105,3 +107,48 @@ def _state(pid: int) -> str:
 def test_serve_refuses_zero_workers(examples_root: Path, tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="--workers must be at least 1"):
         Server(["--repository", str(examples_root), "--workers", "0"], cwd=tmp_path)
+
+
+def test_loads_and_unloads_reach_every_worker(two_workers: Server) -> None:
+    def seen() -> set[int]:
+        """The model's readiness as 40 new connections, spread over the workers, see it."""
+        url = f"{two_workers.url}/v2/models/sentiment/ready"
+        return {httpx.get(url, timeout=5).status_code for _ in range(40)}
+
+    assert seen() == {200}
+    admin = f"{two_workers.url}/v2/repository/models/sentiment"
+    assert httpx.post(f"{admin}/unload", timeout=60).status_code == 200
+    assert seen() == {503}  # on every worker, at once
+    assert httpx.post(f"{admin}/load", timeout=60).status_code == 200
+    assert seen() == {200}
+    assert httpx.post(f"{admin}/unload", timeout=60).status_code == 200
+
+    # a worker started later replays the changes before it serves
+    victim = min(workers_of(two_workers))
+    os.kill(victim, signal.SIGKILL)
+    assert wait_until(lambda: victim not in workers_of(two_workers), 10)
+    assert wait_until(lambda: ready(two_workers), 120)
+    assert seen() == {503}
+
+
+def test_siblings_share_changes_through_their_folder(tmp_path: Path) -> None:
+    for part in ("ready", "changes", "applied"):
+        (tmp_path / part).mkdir()
+    done: dict[int, list[tuple[str, str]]] = {1: [], 2: [], 3: []}
+
+    def worker(me: int) -> Siblings:
+        (tmp_path / "ready" / str(me)).touch()
+        return Siblings(tmp_path, lambda action, model: done[me].append((action, model)), me)
+
+    async def run() -> None:
+        one, two = worker(1), worker(2)
+        watching = asyncio.create_task(two.watch())
+        assert await one.tell("unload", "m") == []  # returns once worker 2 has applied it
+        assert done == {1: [], 2: [("unload", "m")], 3: []}
+        watching.cancel()
+        one.WAIT_SECONDS = 0.3
+        assert await one.tell("load", "m") == [2]  # worker 2 no longer watches
+        worker(3).catch_up()  # a new worker replays everything, in order
+        assert done[3] == [("unload", "m"), ("load", "m")]
+
+    asyncio.run(run())

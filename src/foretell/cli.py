@@ -781,7 +781,7 @@ def serve(
         batcher = batcher_of(max_batch_size, max_wait_ms)
     if workers < 1:
         raise typer.BadParameter(f"--workers must be at least 1; got {workers}")
-    from foretell.serving.workers import supervise, worker_folder
+    from foretell.serving.workers import Siblings, supervise, worker_folder
 
     if workers > 1 and worker_folder() is None:
         if not no_monitoring:  # create the tables once, before the workers race to
@@ -814,6 +814,10 @@ def serve(
     burst = rate_burst or max(1, math.ceil(rate_limit))
     limits = Limits(request_timeout or None, RateLimiter(rate_limit, burst) if rate_limit else None)
     plane.load_all()
+    folder = worker_folder()
+    if folder is not None:  # the other workers' loads and unloads, before serving
+        plane.siblings = Siblings(folder, plane.change)
+        plane.siblings.catch_up()
     for entry in plane.catalogue():
         status = "ready" if entry["ready"] else f"NOT READY: {entry.get('reason')}"
         version = f" v{entry['version']}" if entry["version"] else ""

@@ -15,7 +15,7 @@ from foretell.pipeline import Model, Prediction
 from foretell.pipeline.rows import Rows
 from foretell.repository import Repository
 from foretell.serving.batching import Batcher
-from foretell.serving.workers import all_ready
+from foretell.serving.workers import Siblings, all_ready
 
 log = logging.getLogger("foretell.serving")
 
@@ -72,6 +72,8 @@ class DataPlane:
         self._changed = threading.Condition()
         #: Merges concurrent requests per model (``batching`` in model.yaml, or the CLI's).
         self.batcher = Batcher()
+        #: The other workers of ``foretell serve --workers N``, told of loads and unloads.
+        self.siblings: Siblings | None = None
 
     def load_all(self) -> None:
         """Loads the serving version of every model; a failure marks that model not ready."""
@@ -101,6 +103,29 @@ class DataPlane:
             self._changed.wait_for(lambda: state.in_flight == 0, timeout=self.DRAIN_SECONDS)
             state.model = None
         self.metrics.model_state(name, state.version, False, state.load_seconds)
+
+    def change(self, action: str, name: str) -> None:
+        """Applies a change shared by another worker: ``load`` or ``unload`` model ``name``."""
+        if action == "load":
+            self.load(name)
+        elif action == "unload":
+            self.unload(name)
+        else:
+            raise ValueError(f"unknown change {action!r}")
+
+    async def share(self, action: str, name: str) -> None:
+        """Tells the other workers (if any) of a :meth:`change` made here; returns once they
+        have made it too."""
+        if self.siblings is not None:
+            lagging = await self.siblings.tell(action, name)
+            if lagging:
+                log.warning(
+                    "workers %s had not applied %s of model %s after %.0f s",
+                    lagging,
+                    action,
+                    name,
+                    self.siblings.WAIT_SECONDS,
+                )
 
     def using(self, name: str, version: str | None = None) -> InFlight:
         """The model ``name`` (``with plane.using(name) as model``), counted as in flight

@@ -271,6 +271,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 f"them and takes no load parameters; got {sorted(request.parameters)}"
             )
         state = await asyncio.to_thread(self.v2.plane.load, request.model_name)
+        await self.v2.plane.share("load", state.name)
         if not state.ready:
             raise ModelLoadError(f"model '{request.model_name}' failed to load: {state.reason}")
         return pb.RepositoryModelLoadResponse()
@@ -287,6 +288,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 f"{sorted(_IGNORED_UNLOAD_PARAMETERS)}; got {unknown}"
             )
         await asyncio.to_thread(self.v2.plane.unload, request.model_name)
+        await self.v2.plane.share("unload", request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     async def _infer(self, message: pb.ModelInferRequest) -> pb.ModelInferResponse:

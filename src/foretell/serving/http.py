@@ -259,7 +259,10 @@ def create_app(
                     plane.load(name)
                 return result
 
-        return JSON((await run_in_threadpool(learn)).to_dict())
+        result = await run_in_threadpool(learn)
+        if result.promoted:
+            await plane.share("load", name)
+        return JSON(result.to_dict())
 
     async def rollback(request: Request) -> Response:
         name = request.path_params["name"]
@@ -270,7 +273,9 @@ def create_app(
                 state = plane.load(name)
                 return {**result.to_dict(), "ready": state.ready}
 
-        return JSON(await run_in_threadpool(back))
+        answer = await run_in_threadpool(back)
+        await plane.share("load", name)
+        return JSON(answer)
 
     async def posterior(request: Request) -> Response:
         model = plane.model(request.path_params["name"])

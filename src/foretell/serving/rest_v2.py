@@ -324,12 +324,15 @@ def v2_routes(v2: V2, limit: int) -> list[Route]:
 
     async def load(request: Request) -> Response:
         state = await run_in_threadpool(v2.plane.load, request.path_params["name"])
+        await v2.plane.share("load", state.name)
         if not state.ready:
             raise ModelLoadError(f"model '{state.name}' failed to load: {state.reason}")
         return JSON({})
 
     async def unload(request: Request) -> Response:
-        await run_in_threadpool(v2.plane.unload, request.path_params["name"])
+        name = request.path_params["name"]
+        await run_in_threadpool(v2.plane.unload, name)
+        await v2.plane.share("unload", name)
         return JSON({})
 
     model = "/v2/models/{name:model}"

@@ -88,6 +88,8 @@ async def serve(
 
     watcher = asyncio.create_task(stop_grpc_on_exit())
     marker = asyncio.create_task(mark_ready_once_serving())
+    # the loads and unloads of the other workers
+    changes = None if plane.siblings is None else asyncio.create_task(plane.siblings.watch())
     shared = shared_socket()  # a worker accepts on its supervisor's socket
     try:
         await http.serve(sockets=[shared] if shared is not None else None)
@@ -95,3 +97,5 @@ async def serve(
         http.should_exit = True
         await watcher
         await marker
+        if changes is not None:
+            changes.cancel()

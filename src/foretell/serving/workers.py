@@ -12,24 +12,29 @@ Readiness stays honest: each worker marks itself ready in a shared folder once i
 the supervisor removes a dead worker's mark, and every worker's ``/v2/health/ready`` answers
 503 until all N are ready again.
 
-Each worker keeps its own state: admin calls (load, unload, update, rollback) reach the one
-worker that accepts the connection, ``/metrics`` shows that worker's counters, and the
-monitoring store (SQLite in WAL mode, or PostgreSQL) takes the writes of all of them.
+Admin calls (load, unload, update, rollback) reach every worker: the worker that accepts one
+applies it, tells the others through the shared folder (:class:`Siblings`), and answers once
+each of them has applied it too; a worker started later replays every change before it
+serves. ``/metrics`` shows the counters of the worker that answers, and the monitoring store
+(SQLite in WAL mode, or PostgreSQL) takes the writes of all of them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from foretell.errors import UserError
+from foretell.errors import ForetellError, UserError
 
 log = logging.getLogger("foretell.serving")
 
@@ -46,7 +51,8 @@ _MAX_FAILED_STARTS = 5
 
 
 def worker_folder() -> Path | None:
-    """The shared readiness folder when this process is a worker, else None."""
+    """The folder the workers share (``ready/`` marks, ``changes/``) when this process is a
+    worker, else None."""
     value = os.environ.get(WORKER_DIR)
     return Path(value) if value else None
 
@@ -75,7 +81,7 @@ def mark_ready() -> None:
     """Marks this worker ready in the shared folder (a no-op outside a worker)."""
     folder = worker_folder()
     if folder is not None:
-        (folder / str(os.getpid())).touch()
+        (folder / "ready" / str(os.getpid())).touch()
 
 
 def all_ready() -> bool:
@@ -84,9 +90,75 @@ def all_ready() -> bool:
     if folder is None:
         return True
     try:
-        return len(os.listdir(folder)) >= int(os.environ.get(WORKER_COUNT, "1"))
+        return len(os.listdir(folder / "ready")) >= int(os.environ.get(WORKER_COUNT, "1"))
     except OSError:
         return False
+
+
+class Siblings:
+    """The admin changes (load or unload a model) that the workers share, as files in
+    ``changes/`` of their folder, named ``<time ns>-<pid>-<load|unload>`` and holding the
+    model's name; each worker that applied one leaves ``<change>@<pid>`` in ``applied/``.
+
+    ``apply(action, model)`` makes a change in this worker (it runs in a thread; a model
+    another worker loaded may be one this worker cannot: its state says so)."""
+
+    POLL_SECONDS = 0.1
+    #: How long :meth:`tell` waits for the other workers (a model may take long to load).
+    WAIT_SECONDS = 120.0
+
+    def __init__(
+        self, folder: Path, apply: Callable[[str, str], object], me: int | None = None
+    ) -> None:
+        self.changes, self.applied = folder / "changes", folder / "applied"
+        self.ready = folder / "ready"
+        self.apply, self.me = apply, me if me is not None else os.getpid()
+        self.seen: set[str] = set()
+
+    def catch_up(self) -> None:
+        """Applies every change made so far, in order (a worker does so before it serves)."""
+        for change in sorted(os.listdir(self.changes)):
+            self._apply(change)
+
+    async def watch(self) -> None:
+        """Applies the other workers' changes as they appear, until cancelled."""
+        while True:
+            for change in sorted(os.listdir(self.changes)):
+                if change not in self.seen:
+                    await asyncio.to_thread(self._apply, change)
+            await asyncio.sleep(self.POLL_SECONDS)
+
+    async def tell(self, action: str, model: str) -> list[int]:
+        """Shares a change this worker has made; returns once every other serving worker has
+        applied it, or after :attr:`WAIT_SECONDS` with the workers that have not."""
+        change = f"{time.time_ns():020d}-{self.me}-{action}"
+        self.seen.add(change)
+        staged = self.changes / f".{change}"
+        staged.write_text(model, encoding="utf-8")
+        staged.rename(self.changes / change)  # whole, or not there at all
+        deadline = time.monotonic() + self.WAIT_SECONDS
+        while True:
+            lagging = [
+                pid
+                for pid in map(int, os.listdir(self.ready))
+                if pid != self.me and not (self.applied / f"{change}@{pid}").exists()
+            ]
+            if not lagging or time.monotonic() > deadline:
+                return lagging
+            await asyncio.sleep(self.POLL_SECONDS / 2)
+
+    def _apply(self, change: str) -> None:
+        self.seen.add(change)
+        if change.startswith("."):
+            return
+        _, pid, action = change.split("-")
+        if int(pid) != self.me:
+            model = (self.changes / change).read_text(encoding="utf-8")
+            try:
+                self.apply(action, model)
+            except ForetellError as exc:  # e.g. unloading a model this worker never loaded
+                log.warning("change %s of model %s: %s", action, model, exc.message)
+        (self.applied / f"{change}@{self.me}").touch()
 
 
 class Supervisor:
@@ -95,6 +167,8 @@ class Supervisor:
     def __init__(self, command: list[str], count: int, http: socket.socket) -> None:
         self.command, self.count, self.http = command, count, http
         self.folder = Path(tempfile.mkdtemp(prefix="foretell-workers-"))
+        for part in ("ready", "changes", "applied"):
+            (self.folder / part).mkdir()
         self.workers: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
         self.stopping = False
         self.failed_starts = 0
@@ -111,9 +185,7 @@ class Supervisor:
                 time.sleep(0.1)
             return self._drain()
         finally:
-            for mark in self.folder.iterdir():
-                mark.unlink(missing_ok=True)
-            self.folder.rmdir()
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def _start(self) -> None:
         env = {
@@ -132,7 +204,7 @@ class Supervisor:
             if code is None:
                 continue
             del self.workers[pid]
-            (self.folder / str(pid)).unlink(missing_ok=True)
+            (self.folder / "ready" / str(pid)).unlink(missing_ok=True)
             if self.stopping:
                 continue
             quick = time.monotonic() - started < _FAILED_START_S

@@ -152,3 +152,21 @@ def test_siblings_share_changes_through_their_folder(tmp_path: Path) -> None:
         assert done[3] == [("unload", "m"), ("load", "m")]
 
     asyncio.run(run())
+
+
+def test_metrics_add_up_every_worker(two_workers: Server) -> None:
+    def answered() -> float:
+        text = httpx.get(f"{two_workers.url}/metrics", timeout=5).text
+        line = 'foretell_requests_total{model="breast-cancer",protocol="v2",status="200"}'
+        return sum(float(s.split()[-1]) for s in text.splitlines() if s.startswith(line))
+
+    before = answered()
+    for _ in range(30):  # a new connection each: both workers answer some
+        assert infer(two_workers) == 200
+    assert {answered() for _ in range(10)} == {before + 30}  # whichever worker is scraped
+    ready_lines = [
+        s
+        for s in httpx.get(f"{two_workers.url}/metrics", timeout=5).text.splitlines()
+        if s.startswith('foretell_model_ready{model="breast-cancer"')
+    ]
+    assert len(ready_lines) == 1 and ready_lines[0].endswith(" 1.0")

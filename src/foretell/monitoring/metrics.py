@@ -12,13 +12,19 @@
 | ``foretell_validation_failures_total`` | counter | model, field, rule |
 | ``foretell_model_ready`` | gauge | model, version |
 | ``foretell_model_load_seconds`` | gauge | model, version |
+
+Under ``foretell serve --workers N`` the workers keep their values in files of a shared folder
+(prometheus_client's multiprocess mode, ``PROMETHEUS_MULTIPROC_DIR``), and ``/metrics`` adds
+up every worker's: counters and histograms summed (a dead worker's counts included), gauges as
+their ``multiprocess_mode`` says.
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
 if TYPE_CHECKING:
@@ -47,7 +53,11 @@ class ServingMetrics:
             registry=r,
         )
         self.in_flight = Gauge(
-            "foretell_requests_in_flight", "Requests being answered now.", ["model"], registry=r
+            "foretell_requests_in_flight",
+            "Requests being answered now.",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.stage = Histogram(
             "foretell_stage_duration_seconds",
@@ -80,16 +90,28 @@ class ServingMetrics:
         )
         self.ready = Gauge(
             "foretell_model_ready",
-            "1 when the model is loaded and serving.",
+            "1 when the model is loaded and serving (on every worker).",
             ["model", "version"],
             registry=r,
+            multiprocess_mode="livemin",
         )
         self.load_seconds = Gauge(
             "foretell_model_load_seconds",
-            "Time the last load of the model took.",
+            "Time the last load of the model took (the slowest worker's).",
             ["model", "version"],
             registry=r,
+            multiprocess_mode="livemax",
         )
+
+    def exposition(self) -> bytes:
+        """The text ``/metrics`` answers: this process's metrics, or every worker's."""
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        everyone = CollectorRegistry()
+        MultiProcessCollector(everyone)  # type: ignore[no-untyped-call]
+        return generate_latest(everyone)
 
     def child(self, metric: MetricWrapperBase, *labels: str) -> Any:
         """``metric.labels(*labels)``, looked up once: on the hot path the lookup costs more

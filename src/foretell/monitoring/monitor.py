@@ -96,30 +96,36 @@ class Monitor:
             "Population stability index of a feature.",
             ["model", "feature"],
             registry=registry,
+            # with --workers, every worker's reporter reads the same store: the latest holds
+            multiprocess_mode="mostrecent",
         )
         self.drifted = Gauge(
             "foretell_feature_drifted",
             "1 when a feature drifted.",
             ["model", "feature"],
             registry=registry,
+            multiprocess_mode="mostrecent",
         )
         self.quality = Gauge(
             "foretell_quality",
             "Live quality of a model version.",
             ["model", "version", "metric"],
             registry=registry,
+            multiprocess_mode="mostrecent",
         )
         self.fairness = Gauge(
             "foretell_fairness",
             "Difference between groups of a sensitive input (0 is parity).",
             ["model", "version", "attribute", "metric"],
             registry=registry,
+            multiprocess_mode="mostrecent",
         )
         self.alerts = Gauge(
             "foretell_alert",
             "1 while an alert holds.",
             ["model", "kind", "subject"],
             registry=registry,
+            multiprocess_mode="mostrecent",
         )
         self.models: dict[str, Model] = {}
         self._reporter: ProcessPoolExecutor | None = None

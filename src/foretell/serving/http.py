@@ -10,7 +10,7 @@ import threading
 import time
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -287,7 +287,7 @@ def create_app(
         return JSON(await run_in_threadpool(online.posterior, model, asked))
 
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(plane.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(plane.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi_json(request: Request) -> Response:
         return JSON(openapi(plane))

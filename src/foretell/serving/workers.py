@@ -15,8 +15,9 @@ the supervisor removes a dead worker's mark, and every worker's ``/v2/health/rea
 Admin calls (load, unload, update, rollback) reach every worker: the worker that accepts one
 applies it, tells the others through the shared folder (:class:`Siblings`), and answers once
 each of them has applied it too; a worker started later replays every change before it
-serves. ``/metrics`` shows the counters of the worker that answers, and the monitoring store
-(SQLite in WAL mode, or PostgreSQL) takes the writes of all of them.
+serves. The workers keep their metrics in files of the shared folder, which ``/metrics`` adds
+up (:mod:`foretell.monitoring.metrics`), and the monitoring store (SQLite in WAL mode, or
+PostgreSQL) takes the writes of all of them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from prometheus_client.multiprocess import mark_process_dead
 
 from foretell.errors import ForetellError, UserError
 
@@ -167,7 +170,7 @@ class Supervisor:
     def __init__(self, command: list[str], count: int, http: socket.socket) -> None:
         self.command, self.count, self.http = command, count, http
         self.folder = Path(tempfile.mkdtemp(prefix="foretell-workers-"))
-        for part in ("ready", "changes", "applied"):
+        for part in ("ready", "changes", "applied", "metrics"):
             (self.folder / part).mkdir()
         self.workers: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
         self.stopping = False
@@ -193,6 +196,8 @@ class Supervisor:
             WORKER_DIR: str(self.folder),
             WORKER_COUNT: str(self.count),
             WORKER_SOCKET: str(self.http.fileno()),
+            # every worker's metrics in files there, which /metrics adds up
+            "PROMETHEUS_MULTIPROC_DIR": str(self.folder / "metrics"),
         }
         process = subprocess.Popen(self.command, env=env, pass_fds=[self.http.fileno()])
         self.workers[process.pid] = (process, time.monotonic())
@@ -205,6 +210,7 @@ class Supervisor:
                 continue
             del self.workers[pid]
             (self.folder / "ready" / str(pid)).unlink(missing_ok=True)
+            mark_process_dead(pid, str(self.folder / "metrics"))  # type: ignore[no-untyped-call]
             if self.stopping:
                 continue
             quick = time.monotonic() - started < _FAILED_START_S

@@ -24,7 +24,8 @@ What it does:
    spell of the shared machine costs every server a run rather than one server all of its;
 4. measures the ceilings: in-process predictions of the same model (onnxruntime alone, the
    scikit-learn estimator alone, and foretell's whole pipeline) and the requests/s of a no-op
-   route (``GET /v2/health/live``) on foretell's own HTTP stack, at 32 connections;
+   route (``GET /v2/health/live``) on foretell's own HTTP stack, at 32 connections (it goes
+   through the ASGI layers, which the V2 infer route's fast path does without);
 5. prints Markdown tables: per server and load the median requests/s (min-max), rows/s, p50
    and p99 latency (medians) and errors; foretell / peer ratios from this run; the ceilings.
 
@@ -616,7 +617,10 @@ def report(
     for label, rows_per_s in ceiling.items():
         print(f"- in-process {label}: {rows_per_s:,.0f} rows/s")
     if noop is not None:
-        print(f"- no-op route on foretell's HTTP stack: {noop.rps:,.0f} requests/s at 32 conn")
+        print(
+            f"- no-op route on foretell's HTTP stack (GET /v2/health/live, through the ASGI "
+            f"layers the infer fast path skips): {noop.rps:,.0f} requests/s at 32 conn"
+        )
         ones = [
             r
             for r in results

@@ -80,7 +80,8 @@ class HttpProtocol(HttpToolsProtocol):
     def on_body(self, body: bytes) -> None:
         cycle: object = self.cycle  # uvicorn's cycle, or a FastCycle
         if type(cycle) is FastCycle:
-            cycle.chunks.append(body)  # at most the declared length, within the limit
+            if not cycle.response_complete:  # answered early (an unknown model): not kept
+                cycle.chunks.append(body)  # at most the declared length, within the limit
         else:
             super().on_body(body)
 

@@ -731,9 +731,6 @@ def serve(
     _one_math_thread()
 
     from foretell.repository import Repository
-    from foretell.serving import DataPlane
-    from foretell.serving.server import new_event_loop
-    from foretell.serving.server import serve as run_server
 
     if log_format not in ("text", "json"):
         raise typer.BadParameter(f"--log-format must be text or json; got {log_format!r}")
@@ -789,7 +786,11 @@ def serve(
 
             MonitoringStore(monitoring_db).engine.dispose()
         raise typer.Exit(supervise(workers, host, port))
+    # the supervisor of --workers stops above: it loads no model, so it imports none of this
     from foretell.monitoring.metrics import ServingMetrics
+    from foretell.serving.dataplane import DataPlane
+    from foretell.serving.server import new_event_loop
+    from foretell.serving.server import serve as run_server
 
     metrics = ServingMetrics()
     monitor = None

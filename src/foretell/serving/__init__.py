@@ -1,6 +1,5 @@
-"""The host system's ways in over the network: REST (and later gRPC and the web page)."""
+"""The host system's ways in over the network: REST, gRPC and the web pages, on one data plane.
 
-from foretell.serving.dataplane import DataPlane
-from foretell.serving.http import create_app
-
-__all__ = ["DataPlane", "create_app"]
+Nothing is imported here, so that the supervisor of ``foretell serve --workers N`` (which uses
+:mod:`foretell.serving.workers` alone) starts its workers without importing a server.
+"""

@@ -152,7 +152,7 @@ def test_request_ids_metrics_and_keep_alive(server: Server) -> None:
         for i in range(5):
             answer = client.post(FAST, content=body(), headers={"X-Request-ID": f"mine-{i}"})
             assert answer.status_code == 200 and answer.headers["x-request-id"] == f"mine-{i}"
-        weird = client.post(FAST, content=body(), headers={"X-Request-ID": b"caf\xe9"})
+        weird = client.post(FAST, content=body(), headers={b"X-Request-ID": b"caf\xe9"})
         assert len(weird.headers["x-request-id"]) == 32  # not ASCII: a new id instead
         long = client.post(FAST, content=body(), headers={"X-Request-ID": "x" * 200})
         assert long.headers["x-request-id"] == "x" * 128
@@ -227,3 +227,17 @@ def test_a_client_that_leaves_mid_body_harms_no_one(server: Server) -> None:
             sock.sendall(_request(body(8))[:300])
     answer = httpx.post(f"{server.url}{FAST}", content=body())
     assert answer.status_code == 200
+
+
+def test_an_early_answer_keeps_the_connection_in_step(server: Server) -> None:
+    """An unknown model is answered before its body has arrived; the rest of the body is
+    read and dropped, and the next request on the connection is answered as usual."""
+    content = body(16)
+    with _raw(server) as sock:
+        request = _request(content, "/v2/models/nope/infer")
+        sock.sendall(request[:200])
+        [(status, _, answer)] = _responses(sock, 1)
+        assert status == 404 and "nope" in json.loads(answer)["error"]
+        sock.sendall(request[200:] + _request(body(2)))
+        [(status, _, answer)] = _responses(sock, 1)
+    assert status == 200 and json.loads(answer)["outputs"][0]["shape"] == [2]

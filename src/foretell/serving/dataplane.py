@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -112,6 +113,17 @@ class DataPlane:
             self.unload(name)
         else:
             raise ValueError(f"unknown change {action!r}")
+
+    async def load_everywhere(self, name: str) -> ModelState:
+        """:meth:`load` (in a thread), then the same on every other worker."""
+        state = await asyncio.to_thread(self.load, name)
+        await self.share("load", name)
+        return state
+
+    async def unload_everywhere(self, name: str) -> None:
+        """:meth:`unload` (in a thread), then the same on every other worker."""
+        await asyncio.to_thread(self.unload, name)
+        await self.share("unload", name)
 
     async def share(self, action: str, name: str) -> None:
         """Tells the other workers (if any) of a :meth:`change` made here; returns once they

@@ -60,15 +60,21 @@ class FastCycle:
         "keep_alive",
         "more_body",
         "name",
+        "path",
         "response_complete",
         "version",
         "waiter",
     )
 
     def __init__(
-        self, name: str, version: str | None, headers: dict[bytes, bytes], keep_alive: bool
+        self,
+        path: str,
+        name: str,
+        version: str | None,
+        headers: dict[bytes, bytes],
+        keep_alive: bool,
     ) -> None:
-        self.name, self.version, self.headers = name, version, headers
+        self.path, self.name, self.version, self.headers = path, name, version, headers
         self.keep_alive = keep_alive
         self.chunks: list[bytes] = []
         self.more_body = True
@@ -139,6 +145,7 @@ class FastInfer:
             return None
         name, version = found.groups()
         return FastCycle(
+            url.decode(),  # printable ASCII, as PATH matched it
             name.decode(),
             None if version is None else version.decode(),
             wanted,
@@ -172,17 +179,14 @@ class FastInfer:
             headers = [(b"content-type", b"application/json")]
             cycle.keep_alive = False
         self._write(protocol, cycle, status, content, headers, request_id)
-        path = f"/v2/models/{cycle.name}" + (
-            f"/versions/{cycle.version}/infer" if cycle.version else "/infer"
-        )
         seconds = time.perf_counter() - started
-        record_request(self.plane, "POST", path, cycle.name, status, seconds, request_id)
+        record_request(self.plane, "POST", cycle.path, cycle.name, status, seconds, request_id)
 
     async def _answer(self, cycle: FastCycle) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         if self.keys is not None:
             header = cycle.headers.get(b"authorization", b"").decode("latin-1")
             key = authorise(self.keys, header, f"predict:{cycle.name}")
-            self.limits.admit({"path": "", "state": {"key_id": key.id}})
+            self.limits.admit_key(key.id)
         content, headers = await self.limits.in_time(self._infer(cycle))
         headers.append((b"content-length", str(len(content)).encode()))
         return content, headers

@@ -13,7 +13,6 @@ in worker threads, so the event loop keeps answering while a model computes.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import logging
@@ -270,8 +269,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 f"model '{request.model_name}': foretell loads models as the repository holds "
                 f"them and takes no load parameters; got {sorted(request.parameters)}"
             )
-        state = await asyncio.to_thread(self.v2.plane.load, request.model_name)
-        await self.v2.plane.share("load", state.name)
+        state = await self.v2.plane.load_everywhere(request.model_name)
         if not state.ready:
             raise ModelLoadError(f"model '{request.model_name}' failed to load: {state.reason}")
         return pb.RepositoryModelLoadResponse()
@@ -287,8 +285,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 f"model '{request.model_name}': foretell takes no unload parameters but "
                 f"{sorted(_IGNORED_UNLOAD_PARAMETERS)}; got {unknown}"
             )
-        await asyncio.to_thread(self.v2.plane.unload, request.model_name)
-        await self.v2.plane.share("unload", request.model_name)
+        await self.v2.plane.unload_everywhere(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     async def _infer(self, message: pb.ModelInferRequest) -> pb.ModelInferResponse:

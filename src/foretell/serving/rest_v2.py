@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
@@ -323,16 +322,13 @@ def v2_routes(v2: V2, limit: int) -> list[Route]:
         return JSON(entries)
 
     async def load(request: Request) -> Response:
-        state = await run_in_threadpool(v2.plane.load, request.path_params["name"])
-        await v2.plane.share("load", state.name)
+        state = await v2.plane.load_everywhere(request.path_params["name"])
         if not state.ready:
             raise ModelLoadError(f"model '{state.name}' failed to load: {state.reason}")
         return JSON({})
 
     async def unload(request: Request) -> Response:
-        name = request.path_params["name"]
-        await run_in_threadpool(v2.plane.unload, name)
-        await v2.plane.share("unload", name)
+        await v2.plane.unload_everywhere(request.path_params["name"])
         return JSON({})
 
     model = "/v2/models/{name:model}"

@@ -54,8 +54,8 @@ _MAX_FAILED_STARTS = 5
 
 
 def worker_folder() -> Path | None:
-    """The folder the workers share (``ready/`` marks, ``changes/``) when this process is a
-    worker, else None."""
+    """The folder the workers share (``ready/`` marks, ``changes/`` and ``applied/`` for
+    :class:`Siblings`, ``metrics/``) when this process is a worker, else None."""
     value = os.environ.get(WORKER_DIR)
     return Path(value) if value else None
 

@@ -348,3 +348,26 @@ def test_background_reports_are_measured_apart_and_set_the_gauges(
         monitor.close()
         store.dispose()
     assert monitor._reporter is None
+
+
+@pytest.mark.parametrize("width", [0, 1, 3, 30])
+@pytest.mark.parametrize("rows", [0, 1, 57])
+def test_input_rows_become_the_json_objects_a_dict_per_row_would(rows: int, width: int) -> None:
+    from foretell.monitoring.predlog import json_objects, object_heads
+
+    rng = np.random.default_rng(rows * 31 + width)
+    matrix = rng.standard_normal((rows, width)) * 10.0 ** rng.integers(-320, 308, (rows, width))
+    specials = [np.nan, np.inf, -np.inf, -0.0, 5e-324, 1e16, 1e-5, 17.99, 0.0]
+    matrix.flat[: len(specials)] = specials[: matrix.size]
+    names = ['a "quoted"\nname', "é", "back\\slash", *(f"f{i}" for i in range(width))][:width]
+    got = json_objects(matrix, object_heads(names))
+    expected = [
+        orjson.dumps(dict(zip(names, row, strict=True))).decode() for row in matrix.tolist()
+    ]
+    assert got == expected
+    assert [orjson.loads(text) for text in got[:1]] == [
+        {n: (None if not np.isfinite(v) else v) for n, v in zip(names, row, strict=True)}
+        for row in matrix.tolist()[:1]
+    ]
+    if rows > 2:  # a view in another order, as a sample of a batch's rows is
+        assert json_objects(matrix[::-2], object_heads(names)) == expected[::-2]

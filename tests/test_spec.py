@@ -86,6 +86,10 @@ def test_spec_file_errors(tmp_path: Path) -> None:
     (tmp_path / "model.yaml").write_text("name: [unclosed")
     with pytest.raises(SpecError, match="not valid YAML"):
         read_spec(tmp_path)
+    (tmp_path / "model.yaml").write_text("name: m\nlabels: [a, b\ntask: classification\n")
+    with pytest.raises(SpecError) as caught:
+        read_spec(tmp_path)
+    assert "line 3, column 5:\n    task: classification\n        ^" in caught.value.message
     (tmp_path / "model.yaml").write_text("- a list")
     with pytest.raises(SpecError, match="must be a mapping"):
         read_spec(tmp_path)

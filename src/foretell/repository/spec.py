@@ -375,9 +375,14 @@ def read_spec(folder: Path) -> ModelSpec:
     except OSError as exc:
         raise SpecError(f"{path}: cannot be read: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+        # libyaml's parser where PyYAML has it: a spec with reference statistics (30 KB) in
+        # 10 ms instead of 90, on every start
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError:
+        try:  # read again by the Python parser, whose message shows the line at fault
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise SpecError(f"{path}: not valid YAML: {exc}") from None
     return parse_spec(data, str(path))
 
 

@@ -7,13 +7,16 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from foretell.errors import ModelLoadError, UnsafeModelError
 from foretell.insight.bayes import normal_columns, spec_level
 from foretell.runtimes.base import Runtime
+
+if TYPE_CHECKING:
+    from foretell.repository.spec import ModelSpec
 
 #: What importing skops.io would import for nothing: it walks every scikit-learn package to
 #: list its trusted estimators, which imports scikit-learn's vendored array-API shims for
@@ -48,7 +51,7 @@ class SklearnRuntime(Runtime):
 
     def _load(self, path: Path) -> None:
         if path.suffix == ".skops":
-            self.estimator = self._load_skops(path)
+            self.estimator = read_skops(path, self.spec)
         elif path.suffix == ".joblib":
             import joblib
 
@@ -75,21 +78,6 @@ class SklearnRuntime(Runtime):
             self.compiled = converted(
                 self.spec, self.folder, self.estimator, lambda x: self.method(self._rows(x))
             )
-
-    def _load_skops(self, path: Path) -> Any:
-        with _without_unneeded_imports():
-            import skops.io as sio
-
-        untrusted = sio.get_untrusted_types(file=path)
-        allowed = set(self.options.get("trusted_types", []))
-        refused = [t for t in untrusted if t not in allowed]
-        if refused and not self.spec.trusted:
-            raise UnsafeModelError(
-                f"{self.spec.name}/{self.spec.version}: the skops file holds types outside "
-                f"skops' trusted list: {refused}; list them in runtime option 'trusted_types' "
-                "or set 'trusted: true' in model.yaml if you trust the file's author"
-            )
-        return sio.load(path, trusted=untrusted)
 
     def _method(self) -> Any:
         task, est = self.spec.task, self.estimator
@@ -135,6 +123,29 @@ class SklearnRuntime(Runtime):
         mean, std = self.estimator.predict(self._rows(x), return_std=True)
         mean = np.asarray(mean, dtype=np.float64).reshape(len(x))
         return {"value": mean, **normal_columns(mean, np.asarray(std, dtype=np.float64), level)}
+
+
+def read_skops(path: Path, spec: ModelSpec) -> Any:
+    """What the skops file at ``path`` holds. Types outside skops' trusted list must be listed
+    in ``spec``'s runtime option ``trusted_types``, or the spec must say ``trusted: true``."""
+    with _without_unneeded_imports():
+        import skops.io as sio
+    from skops.io.exceptions import UntrustedTypesFoundException
+
+    listed = spec.runtime.get("trusted_types") or []
+    allowed = [t for t in listed if isinstance(t, str)]
+    try:  # one read of the file when it holds nothing untrusted beyond the list, as it should
+        return sio.load(path, trusted=allowed or None)
+    except UntrustedTypesFoundException:
+        untrusted = sio.get_untrusted_types(file=path)
+    refused = [t for t in untrusted if t not in allowed]
+    if refused and not spec.trusted:
+        raise UnsafeModelError(
+            f"{spec.name}/{spec.version}: the skops file holds types outside skops' trusted "
+            f"list: {refused}; list them in runtime option 'trusted_types' or set "
+            "'trusted: true' in model.yaml if you trust the file's author"
+        )
+    return sio.load(path, trusted=untrusted)
 
 
 @contextmanager

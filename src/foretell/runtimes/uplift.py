@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from foretell.errors import ModelLoadError, UnsafeModelError
+from foretell.errors import ModelLoadError
 from foretell.runtimes.base import Runtime
+from foretell.runtimes.sklearn import read_skops
 
 
 class UpliftRuntime(Runtime):
@@ -38,7 +38,7 @@ class UpliftRuntime(Runtime):
             raise ModelLoadError(
                 f"{where}: an uplift artifact must be a .skops file; got {path.name}"
             )
-        bags = self._read(path)
+        bags = read_skops(path, self.spec)
         treated = bags.get("treated") if isinstance(bags, dict) else None
         control = bags.get("control") if isinstance(bags, dict) else None
         if not (
@@ -55,21 +55,6 @@ class UpliftRuntime(Runtime):
         if not 0 < level < 1:
             raise ModelLoadError(f"{where}: runtime option 'level' must lie in (0, 1); got {level}")
         self.treated, self.control, self.level = treated, control, level
-
-    def _read(self, path: Path) -> Any:
-        """The skops file's content; types outside skops' trusted list must be listed in
-        runtime option ``trusted_types`` (or the spec must say ``trusted: true``)."""
-        import skops.io as sio
-
-        untrusted = sio.get_untrusted_types(file=path)
-        refused = [t for t in untrusted if t not in set(self.options.get("trusted_types", []))]
-        if refused and not self.spec.trusted:
-            raise UnsafeModelError(
-                f"{self.spec.name}/{self.spec.version}: the skops file holds types outside "
-                f"skops' trusted list: {refused}; list them in runtime option 'trusted_types' "
-                "or set 'trusted: true' in model.yaml if you trust the file's author"
-            )
-        return sio.load(path, trusted=untrusted)
 
     def predict(self, x: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
         treated = np.stack([np.asarray(m.predict(x), dtype=np.float64) for m in self.treated])

@@ -321,7 +321,8 @@ def test_background_reports_are_measured_apart_and_set_the_gauges(
 ) -> None:
     from prometheus_client import CollectorRegistry
 
-    from foretell.monitoring.monitor import Monitor, measure
+    from foretell.monitoring.monitor import Monitor
+    from foretell.monitoring.snapshot import measure
     from foretell.monitoring.store import MonitoringStore
 
     model = repository.load("breast-cancer")

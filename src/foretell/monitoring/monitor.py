@@ -14,23 +14,15 @@ import multiprocessing
 import reprlib
 import signal
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-import orjson
-import pandas as pd
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from foretell.errors import UserError
-from foretell.insight.explain import global_importance
-from foretell.monitoring.drift import drift
-from foretell.monitoring.fairness import fairness
-from foretell.monitoring.prediction_drift import prediction_drift
 from foretell.monitoring.predlog import PredictionLog
-from foretell.monitoring.quality import quality
 from foretell.monitoring.store import MonitoringStore
 from foretell.pipeline import Model
 from foretell.repository.spec import ModelSpec
@@ -151,6 +143,8 @@ class Monitor:
     def report(self, spec: ModelSpec, window_seconds: float | None = None) -> dict[str, Any]:
         """Quality, input and prediction drift, fairness and alerts of ``spec``'s model over the
         last ``window_seconds``."""
+        from foretell.monitoring.snapshot import measure  # scipy and scikit-learn: on first use
+
         window = window_seconds or self.window
         return self._publish(spec, measure(self.store, spec, window, self.sample_rows))
 
@@ -242,7 +236,8 @@ class Monitor:
                     log.exception("monitoring report of %s failed", model.name)
 
     def _measure_apart(self, spec: ModelSpec) -> dict[str, Any]:
-        """:func:`measure` in the reporter process, started on first use (again if it died):
+        """:func:`~foretell.monitoring.snapshot.measure` in the reporter process, started on
+        first use (again if it died):
         a report reads thousands of logged rows into pandas and computes drift, which in the
         serving process would hold its interpreter lock for hundreds of milliseconds (every
         request waits) and leave its memory high after each report."""
@@ -252,9 +247,11 @@ class Monitor:
                     1, multiprocessing.get_context("spawn"), initializer=_ignore_stop_signals
                 )
             reporter = self._reporter
+        from foretell.monitoring.snapshot import measure_in
+
         uri = self.store.connect_uri
         try:
-            return reporter.submit(_measure_in, uri, spec, self.window, self.sample_rows).result()
+            return reporter.submit(measure_in, uri, spec, self.window, self.sample_rows).result()
         except BrokenProcessPool:
             with self._reporter_lock:
                 self._reporter = None
@@ -268,42 +265,6 @@ class Monitor:
                 self._reporter.shutdown(wait=False, cancel_futures=True)
                 self._reporter = None
         self.predlog.close()
-
-
-def measure(
-    store: MonitoringStore, spec: ModelSpec, window: float, sample_rows: int
-) -> dict[str, Any]:
-    """The report of ``spec``'s model over the last ``window`` seconds, without alerts: quality,
-    input and prediction drift, fairness and global importance, from at most ``sample_rows``
-    of the newest logged (and labelled) predictions."""
-    since = time.time() - window
-    logged = store.predictions_of(spec.name, since, limit=sample_rows)
-    inputs = (
-        pd.DataFrame([orjson.loads(r) for r in logged["inputs"]]) if len(logged) else pd.DataFrame()
-    )
-    outputs = [orjson.loads(r) for r in logged["outputs"]] if len(logged) else []
-    labelled = store.labelled(spec.name, since, limit=sample_rows)
-    return {
-        "model": spec.name,
-        "window_seconds": window,
-        "predictions": len(logged),
-        "quality": quality(spec, labelled),
-        "drift": {**drift(spec, inputs), "predictions": prediction_drift(spec, outputs)},
-        "fairness": fairness(spec, labelled),
-        "importance": global_importance(outputs),
-    }
-
-
-#: The reporter process's stores, by URI: opened once, kept for its later reports.
-_STORES: dict[str, MonitoringStore] = {}
-
-
-def _measure_in(uri: str, spec: ModelSpec, window: float, sample_rows: int) -> dict[str, Any]:
-    """:func:`measure` of the store at ``uri``: the reporter process's work."""
-    store = _STORES.get(uri)
-    if store is None:
-        store = _STORES[uri] = MonitoringStore(uri)
-    return measure(store, spec, window, sample_rows)
 
 
 def _ignore_stop_signals() -> None:

@@ -36,7 +36,6 @@ import numpy as np
 import orjson
 import pandas as pd
 import yaml
-from sklearn import metrics
 
 from foretell.errors import UserError, ValidationError
 from foretell.insight.bayes import BetaBinomial, NormalLinear, count_events
@@ -395,6 +394,8 @@ def _partial_fit(
 
 
 def _score(model: Model, rows: list[dict[str, Any]], truth: list[Any]) -> tuple[str, float]:
+    from sklearn import metrics  # here: a server of ONNX models starts without scikit-learn
+
     results = model.predict(rows)
     if model.spec.task == "regression":
         values = [r.outputs["value"] for r in results]

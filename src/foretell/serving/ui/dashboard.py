@@ -7,7 +7,6 @@ from typing import Any
 import numpy as np
 from markupsafe import Markup
 
-from foretell.monitoring.quality import quality
 from foretell.monitoring.store import MonitoringStore
 from foretell.repository.spec import ModelSpec
 from foretell.serving.ui import charts
@@ -46,6 +45,8 @@ def quality_over_time(
     store: MonitoringStore, spec: ModelSpec, window: float, now: float, buckets: int = 12
 ) -> tuple[str, Markup] | None:
     """The task's headline quality metric per version, in ``buckets`` slices of the window."""
+    from foretell.monitoring.quality import quality  # scikit-learn: not at every server's start
+
     metric = HEADLINE_METRIC.get(spec.task)
     if metric is None:
         return None

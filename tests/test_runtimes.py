@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import subprocess
 import sys
 import textwrap
 import typing
@@ -773,3 +774,24 @@ def test_python_model_may_use_dataclasses(tmp_path: Path) -> None:
     model = foretell.load(save(tmp_path, spec))
     [result] = model.predict(records(scoring_rows(1)))
     assert result.outputs["probabilities"] == {"no": 0.5, "yes": 0.5}
+
+
+def test_a_server_of_onnx_models_starts_without_scipy_or_scikit_learn(examples_root: Path) -> None:
+    """They cost an ONNX repository a second of start-up and 70 MiB; reports and skops models
+    import them when they need them."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import numpy as np
+        import foretell.cli, foretell.serving.server, foretell.serving.grpc
+        from foretell.repository.store import Repository
+        model = Repository({str(examples_root)!r}).load("breast-cancer", "2")
+        row = {{f.name: (f.min + f.max) / 2 for f in model.spec.inputs}}  # a valid row
+        assert model.predict([row])[0].outputs["label"]
+        print(sorted(m for m in ("scipy", "sklearn", "skops.io") if m in sys.modules))
+        """
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert found.stdout.strip() == "[]", found.stderr

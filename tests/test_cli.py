@@ -164,13 +164,15 @@ def test_a_real_process_exits_non_zero_without_a_traceback(tmp_path: Path) -> No
     assert done.stderr.strip() == f"Error: model repository '{tmp_path / 'none'}' is not a folder"
 
 
+@pytest.mark.parametrize("numpy_first", [True, False], ids=["numpy-loaded", "numpy-later"])
 @pytest.mark.parametrize(("given", "expected"), [(None, 1), ("2", 2)])
 def test_commands_run_one_math_thread_unless_the_user_says_otherwise(
-    given: str | None, expected: int
+    given: str | None, expected: int, numpy_first: bool
 ) -> None:
-    # numpy has loaded its BLAS, with a thread per core, before any command runs
+    # numpy may have loaded its BLAS, with a thread per core, before the command runs
     script = (
-        "import os; from foretell.cli import _one_math_thread; _one_math_thread(); "
+        f"import os{'; import numpy' if numpy_first else ''}; "
+        "from foretell.cli import _one_math_thread; _one_math_thread(); import numpy; "
         "from threadpoolctl import threadpool_info; "
         "print(os.environ['OMP_NUM_THREADS'], {i['num_threads'] for i in threadpool_info()})"
     )
@@ -181,3 +183,20 @@ def test_commands_run_one_math_thread_unless_the_user_says_otherwise(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
     )
     assert done.stdout.split(maxsplit=1) == [str(expected), f"{{{expected}}}\n"]
+
+
+def test_serve_imports_scipy_special_first_only_for_skops_files(tmp_path: Path) -> None:
+    (tmp_path / "onnx" / "m" / "1").mkdir(parents=True)
+    (tmp_path / "onnx" / "m" / "1" / "model.onnx").touch()
+    (tmp_path / "skops" / "m" / "1").mkdir(parents=True)
+    (tmp_path / "skops" / "m" / "1" / "model.skops").touch()
+    for folder, expected in (("onnx", "False"), ("skops", "True"), ("not-built", "True")):
+        script = (
+            "import sys; from pathlib import Path; from foretell.cli import _scipy_special_first; "
+            f"_scipy_special_first(Path({str(tmp_path / folder)!r})); "
+            "print('scipy.special' in sys.modules)"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True
+        )
+        assert done.stdout.strip() == expected, folder

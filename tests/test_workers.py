@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -170,3 +171,25 @@ def test_metrics_add_up_every_worker(two_workers: Server) -> None:
         if s.startswith('foretell_model_ready{model="breast-cancer"')
     ]
     assert len(ready_lines) == 1 and ready_lines[0].endswith(" 1.0")
+
+
+def test_workers_log_into_one_store_and_the_supervisor_loads_no_library(
+    examples_root: Path, tmp_path: Path
+) -> None:
+    server = Server(["--repository", str(examples_root), "--workers", "2"], cwd=tmp_path)
+    try:
+        assert wait_until(lambda: ready(server), 120), server.log.read_text()
+        # the supervisor starts the workers without importing numpy, pandas or SciPy, which
+        # only the workers use (its memory maps would hold their compiled modules)
+        maps = Path(f"/proc/{server.process.pid}/maps").read_text()
+        assert not [lib for lib in ("numpy", "pandas", "scipy") if f"/{lib}/" in maps]
+        for _ in range(20):  # a new connection each: both workers answer some
+            assert infer(server) == 200
+    finally:
+        server.stop()
+    assert server.process.returncode == 0  # each worker drained its prediction log
+    with sqlite3.connect(tmp_path / "foretell-data" / "monitoring.db") as db:
+        count, distinct = db.execute(
+            "SELECT count(*), count(DISTINCT prediction_id) FROM foretell_predictions"
+        ).fetchone()
+    assert count == distinct == 40

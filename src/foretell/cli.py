@@ -728,8 +728,13 @@ def serve(
     import asyncio
     import math
 
+    from foretell.serving.workers import Siblings, supervise, worker_folder
+
     _one_math_thread()
-    _scipy_special_first(repository or DEFAULT_DATA / "models")
+    # the supervisor of --workers loads no model: it starts the workers as soon as it can
+    supervising = workers > 1 and worker_folder() is None
+    if not supervising:
+        _scipy_special_first(repository or DEFAULT_DATA / "models")
 
     from foretell.repository import Repository
 
@@ -779,9 +784,7 @@ def serve(
         batcher = batcher_of(max_batch_size, max_wait_ms)
     if workers < 1:
         raise typer.BadParameter(f"--workers must be at least 1; got {workers}")
-    from foretell.serving.workers import Siblings, supervise, worker_folder
-
-    if workers > 1 and worker_folder() is None:
+    if supervising:
         if not no_monitoring:  # create the tables once, before the workers race to
             from foretell.monitoring.store import MonitoringStore
 

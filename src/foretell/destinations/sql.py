@@ -43,7 +43,7 @@ from sqlalchemy.types import TypeEngine
 
 from foretell.destinations.base import Destination
 from foretell.errors import ForetellError, UserError
-from foretell.sources.sql_uri import open_engine, parse_sql_uri, reason
+from foretell.sql_uri import open_engine, parse_sql_uri, reason
 
 #: The primary key of every results or errors table.
 KEY = ("job_id", "row_key")

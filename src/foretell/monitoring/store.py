@@ -10,13 +10,15 @@ from __future__ import annotations
 import importlib
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import pandas as pd
 import sqlalchemy as sa
 
-from foretell.sources.sql_uri import open_engine, parse_sql_uri
+from foretell.sql_uri import open_engine, parse_sql_uri
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 #: The columns of a logged prediction, in the order :meth:`MonitoringStore.log_values` takes.
@@ -138,6 +140,8 @@ class MonitoringStore:
 
     def predictions_of(self, model: str, since: float = 0.0, limit: int = 100_000) -> pd.DataFrame:
         """Logged predictions of ``model`` since ``since`` (epoch seconds), newest last."""
+        import pandas as pd  # only readers need it: the supervisor of --workers starts sooner
+
         p = self.predictions
         query = (
             sa.select(p)
@@ -153,6 +157,8 @@ class MonitoringStore:
         """Predictions of ``model`` that have ground truth, oldest first: inputs, outputs,
         truth, version and delay (inputs, outputs and truth as JSON text); the newest ``limit``
         of them when given."""
+        import pandas as pd
+
         p, f = self.predictions, self.feedback
         query = (
             sa.select(

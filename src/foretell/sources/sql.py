@@ -39,7 +39,7 @@ from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
 from foretell.errors import UserError
 from foretell.sources.base import Source
-from foretell.sources.sql_uri import open_engine, parse_sql_uri, reason
+from foretell.sql_uri import open_engine, parse_sql_uri, reason
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
 """Parses sqlite:/// and postgresql:// URIs and opens their engines, for SQL sources and sinks.
 
-Shared by :mod:`foretell.sources.sql` and :mod:`foretell.destinations.sql`. A URI names the
-database the SQLAlchemy way plus one of two foretell parameters: ``table=<name>`` or
-``query=<URL-encoded SELECT>``; any other parameter (``sslmode``, ``connect_timeout``...) is
-passed on to the driver. ``postgresql://`` means psycopg 3 (``postgresql+psycopg://``).
+Shared by :mod:`foretell.sources.sql`, :mod:`foretell.destinations.sql` and the monitoring
+store (:mod:`foretell.monitoring.store`), so it sits outside all three: importing it brings
+neither pandas nor the file formats. A URI names the database the SQLAlchemy way plus one
+of two foretell parameters: ``table=<name>`` or ``query=<URL-encoded SELECT>``; any other
+parameter (``sslmode``, ``connect_timeout``...) is passed on to the driver.
+``postgresql://`` means psycopg 3 (``postgresql+psycopg://``).
 """
 
 from __future__ import annotations

@@ -316,6 +316,33 @@ def test_the_log_samples_rows_and_stores_inputs_and_outputs_as_json(
         assert (row["model"], row["version"]) == ("breast-cancer", model.version)
 
 
+@pytest.mark.parametrize("sample_rate", [1.0, 0.5])
+def test_a_clean_numeric_batch_is_logged_from_its_checked_matrix(
+    repository: Repository, monitoring_uri: str, sample_rate: float
+) -> None:
+    from foretell.monitoring.predlog import PredictionLog
+    from foretell.monitoring.store import MonitoringStore
+
+    model = repository.load("breast-cancer")
+    rows = load_breast_cancer().data[:100]
+    batch = model.run(np.repeat(rows, 2, axis=1)[:, ::2])  # a strided view of the rows
+    assert batch.matrix is not None  # validation's matrix travels to the log as it is
+    store = MonitoringStore(monitoring_uri)
+    predlog = PredictionLog(store, sample_rate=sample_rate)
+    try:
+        predlog.observe(batch)
+        predlog.close()
+        logged = store.predictions_of("breast-cancer").to_dict("records")
+    finally:
+        store.dispose()
+    assert len(logged) == predlog.written and 0 < len(logged) <= 100
+    assert (len(logged) == 100) == (sample_rate == 1.0)
+    names = model.spec.feature_names
+    for row in logged:
+        position = batch.prediction_ids.index(row["prediction_id"])
+        assert orjson.loads(row["inputs"]) == dict(zip(names, rows[position], strict=True))
+
+
 def test_background_reports_are_measured_apart_and_set_the_gauges(
     repository: Repository, tmp_path: Path
 ) -> None:

@@ -290,6 +290,8 @@ class _Wire:
 def _inputs(batch: Batch) -> np.ndarray | dict[str, list[Any]]:
     """A batch's inputs as one matrix in schema order when every one is a float64 array (as
     validation leaves clean numbers), else as lists by name."""
+    if batch.matrix is not None:
+        return batch.matrix
     columns = [batch.inputs[name] for name in batch.model.feature_names]
     if all(isinstance(c, np.ndarray) and c.dtype == np.float64 for c in columns):
         return np.column_stack(columns)

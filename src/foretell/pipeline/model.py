@@ -198,6 +198,7 @@ class Model:
             new_ids(len(batch)),
             timings,
             checked.columns,
+            matrix=checked.matrix,
         )
 
     def _usable(
@@ -277,6 +278,9 @@ class Batch:
     inputs: dict[str, Any]
     #: The names of the ``outputs`` that explanations and uncertainty added.
     insight: list[str] = field(default_factory=list)
+    #: Every input as one (rows, inputs) float64 array in schema order, when validation had
+    #: one (see ``Checked.matrix``): the prediction log ships it as it is.
+    matrix: np.ndarray | None = None
 
     def add_insight(self, columns: dict[str, np.ndarray]) -> None:
         """Adds explanation or uncertainty columns to the outputs."""

@@ -14,7 +14,7 @@ import orjson
 import pandas as pd
 import pytest
 from sklearn import metrics
-from sklearn.datasets import load_breast_cancer
+from sklearn.datasets import load_breast_cancer, load_diabetes
 
 from foretell import Repository
 from foretell.examples import datasets
@@ -341,6 +341,66 @@ def test_a_clean_numeric_batch_is_logged_from_its_checked_matrix(
     for row in logged:
         position = batch.prediction_ids.index(row["prediction_id"])
         assert orjson.loads(row["inputs"]) == dict(zip(names, rows[position], strict=True))
+
+
+def test_batches_merged_on_their_way_to_the_writer_keep_each_row_its_own(
+    repository: Repository, monitoring_uri: str
+) -> None:
+    from foretell.monitoring.predlog import PredictionLog
+    from foretell.monitoring.store import MonitoringStore
+
+    cancer, diabetes = repository.load("breast-cancer"), repository.load("diabetes")
+    loans = repository.load("loan-approval")
+    data = load_breast_cancer().data
+    broken = data[20:24].astype(object)
+    broken[1, 0] = -1.0  # breaks the feature's minimum: not scored nor logged
+    loan = {
+        "income": 52.0,
+        "loan_amount": 20.0,
+        "credit_score": 700,
+        "debt_to_income": 0.3,
+        "years_employed": 4,
+        "region": "north",
+        "age_band": "26-40",
+    }
+    batches = [
+        cancer.run(data[:3]),
+        cancer.run(data[3:4]),
+        cancer.run(data[4:9]),
+        cancer.run(broken),
+        loans.run([loan, {**loan, "region": "west"}]),  # text inputs: each batch alone
+        loans.run([{**loan, "income": 9.5}]),
+        diabetes.run(load_diabetes(scaled=False).data[:2]),
+        cancer.run(data[9:11]),
+    ]
+    store = MonitoringStore(monitoring_uri)
+    predlog = PredictionLog(store)
+    try:
+        # runs of one model's batches with numeric inputs travel as one wire
+        assert [len(w.usable) for _, _, w in predlog._items(batches)] == [12, 2, 1, 2, 2]
+        for batch in batches:
+            predlog.observe(batch)
+        predlog.close()
+        logged = {
+            row["prediction_id"]: row
+            for name in ("breast-cancer", "loan-approval", "diabetes")
+            for row in store.predictions_of(name).to_dict("records")
+        }
+    finally:
+        store.dispose()
+    expected = 0
+    for batch in batches:
+        names = batch.model.spec.feature_names
+        records, decisions = batch.records(), batch.decisions.tolist()
+        for j, row in enumerate(batch.usable.tolist()):
+            got = logged[batch.prediction_ids[row]]
+            assert orjson.loads(got["inputs"]) == {n: batch.inputs[n][row] for n in names}
+            assert orjson.loads(got["outputs"]) == records[j]
+            assert got["decision"] == str(decisions[j])
+            assert got["latency_ms"] == pytest.approx(sum(batch.timings_ms.values()))
+            assert got["model"] == batch.model.name
+            expected += 1
+    assert len(logged) == expected == predlog.written == 19
 
 
 def test_background_reports_are_measured_apart_and_set_the_gauges(

@@ -96,7 +96,7 @@ class PredictionLog:
         for _ in range(2):
             try:
                 pipe = self._pipe or self._start()
-                pipe.send([self._item(batch) for batch in batches])
+                pipe.send(self._items(batches))
                 self._collect(block=False)
                 return
             except (OSError, EOFError) as exc:  # the writer died: start another, once
@@ -104,12 +104,19 @@ class PredictionLog:
                 self._pipe = None
         self._count(0, sum(len(batch.usable) for batch in batches))
 
-    def _item(self, batch: Batch) -> tuple[_Key, ModelSpec | None, _Wire]:
-        model = batch.model
-        key = (model.name, model.version, id(model))
-        spec = None if key in self._known else model.spec
-        self._known.add(key)
-        return key, spec, _Wire.of(batch)
+    def _items(self, batches: list[Batch]) -> list[tuple[_Key, ModelSpec | None, _Wire]]:
+        """What the writer process gets of ``batches``: one wire for each run of one model's
+        batches that merge (see :meth:`_Wire.merged`), with the model's spec the first time."""
+        runs: list[tuple[_Key, ModelSpec | None, list[_Wire]]] = []
+        for batch in batches:
+            model, wire = batch.model, _Wire.of(batch)
+            key = (model.name, model.version, id(model))
+            if runs and runs[-1][0] == key and runs[-1][2][-1].merges_with(wire):
+                runs[-1][2].append(wire)
+                continue
+            runs.append((key, None if key in self._known else model.spec, [wire]))
+            self._known.add(key)
+        return [(key, spec, _Wire.merged(wires)) for key, spec, wires in runs]
 
     def _start(self) -> Connection:
         context = multiprocessing.get_context("spawn")  # no fork of a threaded server
@@ -174,7 +181,7 @@ class _Writer:
                 self.models[key] = _Logged(spec)
             logged = self.models[key]
             matrix = wire.inputs if isinstance(wire.inputs, np.ndarray) else None
-            rows += self._rows(wire.batch(logged), matrix, logged.heads)
+            rows += self._rows(wire.batch(logged), matrix, logged.heads, wire.latencies())
         if not rows:
             return 0, 0
         for attempt in range(5):
@@ -192,11 +199,12 @@ class _Writer:
         return 0, len(rows)
 
     def _rows(
-        self, batch: Batch, matrix: np.ndarray | None, heads: list[str]
+        self, batch: Batch, matrix: np.ndarray | None, heads: list[str], latencies: list[float]
     ) -> list[tuple[Any, ...]]:
         """The logged rows of ``batch`` (the store's ``LOGGED`` columns, in order); ``matrix``:
         its inputs as one (rows, inputs) array in schema order, when they came so; ``heads``:
-        its model's :func:`object_heads`."""
+        its model's :func:`object_heads`; ``latencies``: each usable row's batch's time in
+        milliseconds."""
         kept: Sequence[int] = range(len(batch.usable))
         if self.sample_rate < 1.0:  # sampled first: a row left out costs nothing more
             kept = [j for j in kept if random.random() < self.sample_rate]
@@ -204,7 +212,6 @@ class _Writer:
                 return []
         model = batch.model
         records = batch.records()  # with the explanation and uncertainty when asked for
-        latency = float(sum(batch.timings_ms.values()))
         names = model.spec.feature_names
         now = time.time()
         positions = batch.usable[kept] if len(kept) < len(batch.usable) else batch.usable
@@ -230,7 +237,7 @@ class _Writer:
                 text,
                 dumps(records[j], option=_OPTIONS).decode(),  # orjson writes NaN as null
                 str(decisions[j]),
-                latency,
+                latencies[j],
             )
             for j, row, text in zip(kept, positions.tolist(), inputs, strict=True)
         ]
@@ -252,6 +259,9 @@ class _Wire:
     #: The inputs in schema order: one float matrix when all are numbers, else lists by name.
     inputs: np.ndarray | dict[str, list[Any]]
     insight: list[str]
+    #: Each usable row's batch's time in milliseconds, where batches were merged (else the
+    #: sum of ``timings_ms`` serves every row).
+    latency_ms: list[float] | None = None
 
     @classmethod
     def of(cls, batch: Batch) -> _Wire:
@@ -265,6 +275,44 @@ class _Wire:
             _inputs(batch),
             batch.insight,
         )
+
+    @classmethod
+    def merged(cls, wires: Sequence[_Wire]) -> _Wire:
+        """One wire of the rows of ``wires``, in order (each :meth:`merges_with` the one before
+        it): pickling, unpickling and the writer's work per batch (rebuilding it, its records,
+        its inputs' JSON) then come once for them all, which is most of the cost of a batch of
+        one row."""
+        if len(wires) == 1:
+            return wires[0]
+        offsets = np.cumsum([0] + [w.length for w in wires[:-1]])
+        first = wires[0]
+        return cls(
+            sum(w.length for w in wires),
+            np.concatenate([w.usable + offset for w, offset in zip(wires, offsets, strict=True)]),
+            {name: _joined([w.outputs[name] for w in wires]) for name in first.outputs},
+            [d for w in wires for d in w.decisions],
+            [i for w in wires for i in w.prediction_ids],
+            {},
+            np.concatenate([w.inputs for w in wires]),  # matrices: see merges_with
+            first.insight,
+            [t for w in wires for t in w.latencies()],
+        )
+
+    def merges_with(self, other: _Wire) -> bool:
+        """Whether ``other`` (of the same model) can join this wire's rows: numeric inputs,
+        the same outputs and insight."""
+        return (
+            isinstance(self.inputs, np.ndarray)
+            and isinstance(other.inputs, np.ndarray)
+            and self.outputs.keys() == other.outputs.keys()
+            and self.insight == other.insight
+        )
+
+    def latencies(self) -> list[float]:
+        """Each usable row's batch's time in milliseconds."""
+        if self.latency_ms is not None:
+            return self.latency_ms
+        return [float(sum(self.timings_ms.values()))] * len(self.usable)
 
     def batch(self, model: _Logged) -> Batch:
         """The batch again, its columns arrays (object arrays where they held text)."""
@@ -285,6 +333,14 @@ class _Wire:
             inputs,
             self.insight,
         )
+
+
+def _joined(parts: list[Any]) -> Any:
+    """Output columns of several batches as one: arrays of one row shape stay one array,
+    anything else becomes a list."""
+    if all(isinstance(p, np.ndarray) and p.shape[1:] == parts[0].shape[1:] for p in parts):
+        return np.concatenate(parts)
+    return [value for part in parts for value in _listed(part)]
 
 
 def _inputs(batch: Batch) -> np.ndarray | dict[str, list[Any]]:

@@ -7,6 +7,7 @@ import sqlite3
 import time
 from contextlib import closing
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
@@ -21,6 +22,10 @@ from foretell.examples import datasets
 from foretell.monitoring.drift import drift
 from foretell.monitoring.quality import quality
 from tests.conftest import Server
+
+if TYPE_CHECKING:
+    from foretell.monitoring.predlog import PredictionLog
+    from foretell.pipeline.model import Batch
 
 
 def _labelled(outputs: list[dict[str, object]], truth: list[object]) -> pd.DataFrame:
@@ -288,24 +293,35 @@ def test_logged_rows_are_stored_once_exactly_as_given(monitoring_uri: str) -> No
     assert pd.isna(logged[5]["decision"]) and pd.isna(logged[5]["latency_ms"])  # NULL
 
 
-def test_the_log_samples_rows_and_stores_inputs_and_outputs_as_json(
-    repository: Repository, monitoring_uri: str
-) -> None:
+def logged_through(
+    uri: str, batches: list[Batch], sample_rate: float = 1.0
+) -> tuple[list[dict[str, Any]], PredictionLog]:
+    """The rows a prediction log stores in a fresh store at ``uri`` from ``batches`` (of every
+    model they are of), and the log, closed."""
     from foretell.monitoring.predlog import PredictionLog
     from foretell.monitoring.store import MonitoringStore
 
+    store = MonitoringStore(uri)
+    predlog = PredictionLog(store, sample_rate=sample_rate)
+    try:
+        for batch in batches:
+            predlog.observe(batch)
+        predlog.close()
+        models = dict.fromkeys(batch.model.name for batch in batches)
+        rows = [r for m in models for r in store.predictions_of(m).to_dict("records")]
+    finally:
+        store.dispose()
+    return rows, predlog
+
+
+def test_the_log_samples_rows_and_stores_inputs_and_outputs_as_json(
+    repository: Repository, monitoring_uri: str
+) -> None:
     model = repository.load("breast-cancer")
     rows = load_breast_cancer().data[:200].astype(object)
     rows[[3, 50], 0] = -1.0  # breaks the feature's minimum: not scored, not logged
     batch = model.run(rows)
-    store = MonitoringStore(monitoring_uri)
-    predlog = PredictionLog(store, sample_rate=0.5)
-    try:
-        predlog.observe(batch)
-        predlog.close()
-        logged = store.predictions_of("breast-cancer").to_dict("records")
-    finally:
-        store.dispose()
+    logged, predlog = logged_through(monitoring_uri, [batch], sample_rate=0.5)
     scored = dict(zip(np.array(batch.prediction_ids)[batch.usable], batch.records(), strict=True))
     assert 60 < len(logged) == predlog.written < 140
     names = model.spec.feature_names
@@ -320,21 +336,11 @@ def test_the_log_samples_rows_and_stores_inputs_and_outputs_as_json(
 def test_a_clean_numeric_batch_is_logged_from_its_checked_matrix(
     repository: Repository, monitoring_uri: str, sample_rate: float
 ) -> None:
-    from foretell.monitoring.predlog import PredictionLog
-    from foretell.monitoring.store import MonitoringStore
-
     model = repository.load("breast-cancer")
     rows = load_breast_cancer().data[:100]
     batch = model.run(np.repeat(rows, 2, axis=1)[:, ::2])  # a strided view of the rows
     assert batch.matrix is not None  # validation's matrix travels to the log as it is
-    store = MonitoringStore(monitoring_uri)
-    predlog = PredictionLog(store, sample_rate=sample_rate)
-    try:
-        predlog.observe(batch)
-        predlog.close()
-        logged = store.predictions_of("breast-cancer").to_dict("records")
-    finally:
-        store.dispose()
+    logged, predlog = logged_through(monitoring_uri, [batch], sample_rate=sample_rate)
     assert len(logged) == predlog.written and 0 < len(logged) <= 100
     assert (len(logged) == 100) == (sample_rate == 1.0)
     names = model.spec.feature_names
@@ -346,9 +352,6 @@ def test_a_clean_numeric_batch_is_logged_from_its_checked_matrix(
 def test_batches_merged_on_their_way_to_the_writer_keep_each_row_its_own(
     repository: Repository, monitoring_uri: str
 ) -> None:
-    from foretell.monitoring.predlog import PredictionLog
-    from foretell.monitoring.store import MonitoringStore
-
     cancer, diabetes = repository.load("breast-cancer"), repository.load("diabetes")
     loans = repository.load("loan-approval")
     data = load_breast_cancer().data
@@ -373,21 +376,10 @@ def test_batches_merged_on_their_way_to_the_writer_keep_each_row_its_own(
         diabetes.run(load_diabetes(scaled=False).data[:2]),
         cancer.run(data[9:11]),
     ]
-    store = MonitoringStore(monitoring_uri)
-    predlog = PredictionLog(store)
-    try:
-        # runs of one model's batches with numeric inputs travel as one wire
-        assert [len(w.usable) for _, _, w in predlog._items(batches)] == [12, 2, 1, 2, 2]
-        for batch in batches:
-            predlog.observe(batch)
-        predlog.close()
-        logged = {
-            row["prediction_id"]: row
-            for name in ("breast-cancer", "loan-approval", "diabetes")
-            for row in store.predictions_of(name).to_dict("records")
-        }
-    finally:
-        store.dispose()
+    stored, predlog = logged_through(monitoring_uri, batches)
+    # runs of one model's batches with numeric inputs travel as one wire
+    assert [len(w.usable) for _, _, w in predlog._items(batches)] == [12, 2, 1, 2, 2]
+    logged = {row["prediction_id"]: row for row in stored}
     expected = 0
     for batch in batches:
         names = batch.model.spec.feature_names

@@ -1,12 +1,12 @@
 """The prediction log: every scored row (or a sample) written off the hot path.
 
 Serving threads hand whole scored batches to a bounded queue. A thread ships what gathered
-within ``LINGER_S`` to a writer process, which turns the batches into rows (JSON of inputs and
-outputs) and stores them in one transaction: that work holds no lock the serving process
-needs. A full queue makes serving wait rather than drop a prediction; a failed write is
-retried, counted and logged, never raised into serving; a writer process that dies is
-restarted. ``close()`` flushes what is queued, so a graceful shutdown loses nothing that was
-answered.
+within ``LINGER_S`` to a writer process (each run of one model's batches merged into one),
+which turns the batches into rows (JSON of inputs and outputs) and stores them in one
+transaction: that work holds no lock the serving process needs. A full queue makes serving
+wait rather than drop a prediction; a failed write is retried, counted and logged, never
+raised into serving; a writer process that dies is restarted. ``close()`` flushes what is
+queued, so a graceful shutdown loses nothing that was answered.
 """
 
 from __future__ import annotations

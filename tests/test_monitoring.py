@@ -379,6 +379,8 @@ def test_batches_merged_on_their_way_to_the_writer_keep_each_row_its_own(
     stored, predlog = logged_through(monitoring_uri, batches)
     # runs of one model's batches with numeric inputs travel as one wire
     assert [len(w.usable) for _, _, w in predlog._items(batches)] == [12, 2, 1, 2, 2]
+    hundred = cancer.run(data[:100])  # runs stop at MERGE_ROWS (256) rows
+    assert [len(w.usable) for _, _, w in predlog._items([hundred] * 5)] == [200, 200, 100]
     logged = {row["prediction_id"]: row for row in stored}
     expected = 0
     for batch in batches:

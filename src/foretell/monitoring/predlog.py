@@ -47,6 +47,9 @@ class PredictionLog:
     GROUP = 256
     #: How long batches gather before they are shipped and written, in seconds.
     LINGER_S = 0.05
+    #: The most rows of batches merged into one for the writer: larger merges cost it more
+    #: per row (its strings and lists outgrow the caches; bench/predlog.py, 2,048 against 256).
+    MERGE_ROWS = 256
 
     def __init__(
         self,
@@ -111,7 +114,12 @@ class PredictionLog:
         for batch in batches:
             model, wire = batch.model, _Wire.of(batch)
             key = (model.name, model.version, id(model))
-            if runs and runs[-1][0] == key and runs[-1][2][-1].merges_with(wire):
+            if (
+                runs
+                and runs[-1][0] == key
+                and runs[-1][2][-1].merges_with(wire)
+                and sum(w.length for w in runs[-1][2]) + wire.length <= self.MERGE_ROWS
+            ):
                 runs[-1][2].append(wire)
                 continue
             runs.append((key, None if key in self._known else model.spec, [wire]))

@@ -66,7 +66,15 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=50_000, help="rows logged per run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per size (median)")
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
+    try:
+        sizes = [int(s) for s in args.sizes.split(",")]
+    except ValueError:
+        parser.error(f"--sizes must be whole numbers separated by commas; got {args.sizes!r}")
+    if min(sizes) < 1 or args.rows < 1 or args.repeat < 1:
+        parser.error(
+            f"--sizes, --rows and --repeat must be at least 1; got {args.sizes!r}, "
+            f"{args.rows} and {args.repeat}"
+        )
     data = load_breast_cancer().data
     with tempfile.TemporaryDirectory(prefix="foretell-bench-predlog-") as folder:
         work = Path(folder)

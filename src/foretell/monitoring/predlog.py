@@ -111,19 +111,23 @@ class PredictionLog:
         """What the writer process gets of ``batches``: one wire for each run of one model's
         batches that merge (see :meth:`_Wire.merged`), with the model's spec the first time."""
         runs: list[tuple[_Key, ModelSpec | None, list[_Wire]]] = []
+        run_rows = 0  # rows in the last run
         for batch in batches:
             model, wire = batch.model, _Wire.of(batch)
             key = (model.name, model.version, id(model))
+            last = runs[-1] if runs else None
             if (
-                runs
-                and runs[-1][0] == key
-                and runs[-1][2][-1].merges_with(wire)
-                and sum(w.length for w in runs[-1][2]) + wire.length <= self.MERGE_ROWS
+                last is not None
+                and last[0] == key
+                and last[2][-1].merges_with(wire)
+                and run_rows + wire.length <= self.MERGE_ROWS
             ):
-                runs[-1][2].append(wire)
-                continue
-            runs.append((key, None if key in self._known else model.spec, [wire]))
-            self._known.add(key)
+                last[2].append(wire)
+            else:
+                runs.append((key, None if key in self._known else model.spec, [wire]))
+                self._known.add(key)
+                run_rows = 0
+            run_rows += wire.length
         return [(key, spec, _Wire.merged(wires)) for key, spec, wires in runs]
 
     def _start(self) -> Connection:
@@ -189,7 +193,7 @@ class _Writer:
                 self.models[key] = _Logged(spec)
             logged = self.models[key]
             matrix = wire.inputs if isinstance(wire.inputs, np.ndarray) else None
-            rows += self._rows(wire.batch(logged), matrix, logged.heads, wire.latencies())
+            rows += self._rows(wire.batch(logged), matrix, logged.heads, wire.latency_ms)
         if not rows:
             return 0, 0
         for attempt in range(5):
@@ -263,13 +267,11 @@ class _Wire:
     outputs: dict[str, Any]
     decisions: list[Any]
     prediction_ids: list[str]
-    timings_ms: dict[str, float]
+    #: Each usable row's batch's time in milliseconds (rows of merged batches keep their own).
+    latency_ms: list[float]
     #: The inputs in schema order: one float matrix when all are numbers, else lists by name.
     inputs: np.ndarray | dict[str, list[Any]]
     insight: list[str]
-    #: Each usable row's batch's time in milliseconds, where batches were merged (else the
-    #: sum of ``timings_ms`` serves every row).
-    latency_ms: list[float] | None = None
 
     @classmethod
     def of(cls, batch: Batch) -> _Wire:
@@ -279,7 +281,7 @@ class _Wire:
             {name: _packed(values) for name, values in batch.outputs.items()},
             batch.decisions.tolist(),
             batch.prediction_ids,
-            batch.timings_ms,
+            [float(sum(batch.timings_ms.values()))] * len(batch.usable),
             _inputs(batch),
             batch.insight,
         )
@@ -300,10 +302,9 @@ class _Wire:
             {name: _joined([w.outputs[name] for w in wires]) for name in first.outputs},
             [d for w in wires for d in w.decisions],
             [i for w in wires for i in w.prediction_ids],
-            {},
+            [t for w in wires for t in w.latency_ms],
             np.concatenate([w.inputs for w in wires]),  # matrices: see merges_with
             first.insight,
-            [t for w in wires for t in w.latencies()],
         )
 
     def merges_with(self, other: _Wire) -> bool:
@@ -315,12 +316,6 @@ class _Wire:
             and self.outputs.keys() == other.outputs.keys()
             and self.insight == other.insight
         )
-
-    def latencies(self) -> list[float]:
-        """Each usable row's batch's time in milliseconds."""
-        if self.latency_ms is not None:
-            return self.latency_ms
-        return [float(sum(self.timings_ms.values()))] * len(self.usable)
 
     def batch(self, model: _Logged) -> Batch:
         """The batch again, its columns arrays (object arrays where they held text)."""
@@ -337,7 +332,7 @@ class _Wire:
             _array(self.decisions),
             {},
             self.prediction_ids,
-            self.timings_ms,
+            {},
             inputs,
             self.insight,
         )

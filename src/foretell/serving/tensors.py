@@ -166,9 +166,10 @@ def to_json_data(tensor: Tensor) -> list[Any] | np.ndarray:
     """The flat, row-major JSON data of a tensor: a list of text for BYTES, else a flat numpy
     array (orjson writes it with ``OPT_SERIALIZE_NUMPY``, without a Python object per
     element)."""
+    data = tensor.data
     if tensor.datatype != "BYTES":  # no copy when it already is the type, contiguous
-        return np.ascontiguousarray(tensor.data, dtype=DATATYPES[tensor.datatype]).reshape(-1)
-    flat: list[Any] = tensor.data.reshape(-1).tolist()
+        return np.ascontiguousarray(data, dtype=DATATYPES[tensor.datatype]).reshape(-1)
+    flat: list[Any] = (data if data.ndim == 1 else data.reshape(-1)).tolist()
     if all(type(v) is str for v in flat):
         return flat
     return [

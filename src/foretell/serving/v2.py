@@ -19,7 +19,7 @@ from foretell.pipeline.model import Batch, Model
 from foretell.repository.spec import Feature, ModelSpec
 from foretell.runtimes.base import UPLIFT_OUTPUTS
 from foretell.serving.dataplane import DataPlane
-from foretell.serving.tensors import Tensor
+from foretell.serving.tensors import DATATYPES, Tensor
 
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
 _FEATURE_TYPES = {"float": "FP64", "int": "INT64", "bool": "BOOL"}
@@ -60,20 +60,15 @@ class InferResponse:
             body["id"] = self.id
         if self.parameters:
             body["parameters"] = self.parameters
-        body["outputs"] = [
-            {
-                "name": t.name,
-                "datatype": t.datatype,
-                "shape": t.shape,
-                **({"parameters": t.parameters} if t.parameters else {}),
-                **(
-                    {"data": to_json_data(t)}
-                    if data and "binary_data_size" not in t.parameters
-                    else {}
-                ),
-            }
-            for t in self.outputs
-        ]
+        outputs: list[dict[str, Any]] = []
+        for t in self.outputs:
+            output: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": t.shape}
+            if t.parameters:
+                output["parameters"] = t.parameters
+            if data and "binary_data_size" not in t.parameters:
+                output["data"] = to_json_data(t)
+            outputs.append(output)
+        body["outputs"] = outputs
         return body
 
 
@@ -136,7 +131,7 @@ class V2:
 
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
-        self._metadata: dict[str, tuple[ModelSpec, dict[str, dict[str, Any]]]] = {}
+        self._metadata: dict[str, tuple[ModelSpec, dict[str, _Output]]] = {}
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": "foretell", "version": foretell.__version__, "extensions": EXTENSIONS}
@@ -203,13 +198,13 @@ class V2:
             columns[tensor.name] = _column(feature, tensor)
         return columns
 
-    def _available(self, spec: ModelSpec) -> dict[str, dict[str, Any]]:
+    def _available(self, spec: ModelSpec) -> dict[str, _Output]:
         """The outputs of a spec by name, worked out once per loaded spec, not per request."""
         cached = self._metadata.get(spec.name)
         if cached is None or cached[0] is not spec:
             cached = self._metadata[spec.name] = (
                 spec,
-                {m["name"]: m for m in output_metadata(spec)},
+                {m["name"]: _Output.of(m) for m in output_metadata(spec)},
             )
         return cached[1]
 
@@ -217,6 +212,8 @@ class V2:
         self, spec: ModelSpec, batch: Batch, wanted: list[RequestedOutput] | None
     ) -> list[Tensor]:
         available = self._available(spec)
+        if wanted is None and not batch.insight:  # the common case, without the lookups
+            return [_output_tensor(output, batch, {}) for output in available.values()]
         extras = {t.name: t for t in insight_tensors(batch)}
         names = [*available, *extras] if wanted is None else [o.name for o in wanted]
         unknown = [n for n in names if n not in available and n not in extras]
@@ -232,8 +229,27 @@ class V2:
                 extras[n].parameters.update(params.get(n, {}))
                 tensors.append(extras[n])
             else:
-                tensors.append(_output_tensor(available[n], batch, params.get(n, {})))
+                tensors.append(_output_tensor(available[n], batch, dict(params.get(n, {}))))
         return tensors
+
+
+@dataclass(frozen=True, slots=True)
+class _Output:
+    """One of a model's task outputs as :func:`_output_tensor` needs it: its name, datatype,
+    the shape of one row, the value of a row not scored, and the numpy type of its data."""
+
+    name: str
+    datatype: str
+    row_shape: tuple[int, ...]
+    missing: Any
+    dtype: np.dtype[Any]
+
+    @classmethod
+    def of(cls, meta: dict[str, Any]) -> _Output:
+        """From one entry of :func:`output_metadata`."""
+        datatype = meta["datatype"]
+        missing = {"BYTES": "", "BOOL": False, "INT64": -1}.get(datatype, np.nan)
+        return cls(meta["name"], datatype, tuple(meta["shape"][1:]), missing, DATATYPES[datatype])
 
 
 def insight_tensors(batch: Batch) -> list[Tensor]:
@@ -324,34 +340,32 @@ def _json_list(name: str, text: str) -> Any:
         ) from None
 
 
-def _output_tensor(meta: dict[str, Any], batch: Batch, parameters: dict[str, Any]) -> Tensor:
+def _output_tensor(output: _Output, batch: Batch, parameters: dict[str, Any]) -> Tensor:
     """One of the protocol's task outputs, for every row of ``batch``, straight from its
     columns (rows not scored hold NaN, -1, false or an empty string)."""
-    name, datatype = meta["name"], meta["datatype"]
-    shape = [batch.length, *meta["shape"][1:]]
-    values: Any
+    name, missing = output.name, output.missing
+    shape = (batch.length, *output.row_shape)
+    values: np.ndarray
     if name == "prediction_id":
         values = _texts(batch.prediction_ids)
     elif name == "error":
         errors = batch.errors()
         values = _texts([errors.get(row, "") for row in range(batch.length)])
+    elif name == "decision":
+        values = _spread(batch, batch.decisions, "")
+    elif name not in batch.outputs:
+        values = np.full(shape, missing, dtype=output.dtype)
     else:
-        missing: Any = {"BYTES": "", "BOOL": False, "INT64": -1}.get(datatype, np.nan)
-        if name == "decision":
-            values = _spread(batch, batch.decisions, "")
-        elif name not in batch.outputs:
-            values = np.full(shape, missing, dtype=object if datatype == "BYTES" else None)
-        else:
-            values = _spread(batch, _width(batch.outputs[name], shape, missing), missing)
-    if datatype == "BYTES":  # text as it is: each encoding writes its elements as text
-        array = (values if values.dtype == object else values.astype(object)).reshape(shape)
-    else:
-        numpy_type = {"FP64": np.float64, "INT64": np.int64, "BOOL": np.bool_}[datatype]
-        array = np.asarray(values, dtype=numpy_type).reshape(shape)
-    return Tensor(name, datatype, shape, array, dict(parameters))
+        values = _spread(batch, _width(batch.outputs[name], shape, missing), missing)
+    # text stays as it is (each encoding writes its elements as text); no copy when the
+    # values already have the type and shape
+    values = values.astype(output.dtype, copy=False)
+    if values.shape != shape:
+        values = values.reshape(shape)
+    return Tensor(name, output.datatype, list(shape), values, parameters)
 
 
-def _width(values: np.ndarray, shape: list[int], missing: Any) -> np.ndarray:
+def _width(values: np.ndarray, shape: tuple[int, ...], missing: Any) -> np.ndarray:
     """A 2-D output padded with ``missing`` to the protocol's width (top-k lists of a model
     with fewer items than k)."""
     if len(shape) != 2 or values.shape[1] >= shape[1]:

@@ -1,7 +1,9 @@
-"""Memory of benchmarked processes, read from /proc: one process, or a process and its children."""
+"""Memory and CPU time of benchmarked processes, read from /proc: one process, or a process
+and its children."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -30,3 +32,13 @@ def process_tree(pid: int) -> list[int]:
             continue
         found.append(current)
     return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) ``pid`` has used so far, in seconds; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # after the name: state is field 3, utime and stime fields 14 and 15 (proc(5))
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

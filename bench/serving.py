@@ -27,7 +27,10 @@ What it does:
    route (``GET /v2/health/live``) on foretell's own HTTP stack, at 32 connections (it goes
    through the ASGI layers, which the V2 infer route's fast path does without);
 5. prints Markdown tables: per server and load the median requests/s (min-max), rows/s, p50
-   and p99 latency (medians) and errors; foretell / peer ratios from this run; the ceilings.
+   and p99 latency (medians), errors, and the CPU used during the run in cores (CPU seconds
+   per second, medians): by the server's processes together and by the busiest one (1.00
+   means that process kept a core busy: one interpreter is the limit), and by the load
+   generator; foretell / peer ratios from this run; the ceilings.
 
 Every server gets the same body; each answers with its own default outputs (foretell: label,
 probabilities, decision and a prediction id per row; MLServer: ``predict``; BentoML: the
@@ -42,9 +45,11 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -56,9 +61,10 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from procstat import process_tree, status_bytes
+from procstat import cpu_seconds, process_tree, status_bytes
 
 MODEL = "breast-cancer"
 HERE = Path(__file__).resolve().parent
@@ -336,18 +342,25 @@ MLSERVER_PACKAGES = ["mlserver", "mlserver-sklearn", "uvloop<0.22"]
 
 @dataclass
 class Run:
-    """One load run: requests/s, latency percentiles in ms, and errors."""
+    """One load run: requests/s, latency percentiles in ms, errors, and the CPU used meanwhile
+    in cores (CPU seconds per second): by the server's processes together, by the busiest of
+    them, and by the load generator."""
 
     rps: float
     p50: float
     p99: float
     errors: int
+    server_cores: float = float("nan")
+    busiest_cores: float = float("nan")
+    load_cores: float = float("nan")
 
 
 def wrk(wrk_path: str, url: str, lua: Path, body: Path, connections: int, seconds: float) -> Run:
     command = [wrk_path, "-t1", f"-c{connections}", f"-d{round(seconds)}s", "--latency"]
     if body.name != "none":
         command += ["-s", str(lua)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    began = time.perf_counter()
     out = subprocess.run(
         [*command, url],
         capture_output=True,
@@ -355,13 +368,39 @@ def wrk(wrk_path: str, url: str, lua: Path, body: Path, connections: int, second
         env={**os.environ, "BENCH_BODY": str(body)},
         timeout=seconds + 60,
     ).stdout
+    load = _cpu(resource.getrusage(resource.RUSAGE_CHILDREN)) - _cpu(before)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if rps is None:
         raise BenchError(f"wrk gave no result:\n{out}")
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors += int(bad.group(1)) if bad else 0
-    return Run(float(rps.group(1)), _percentile(out, "50%"), _percentile(out, "99%"), errors)
+    run = Run(float(rps.group(1)), _percentile(out, "50%"), _percentile(out, "99%"), errors)
+    run.load_cores = load / (time.perf_counter() - began)
+    return run
+
+
+def _cpu(usage: resource.struct_rusage) -> float:
+    return usage.ru_utime + usage.ru_stime
+
+
+def with_cpu(server: Server, load: Callable[[], Run]) -> Run:
+    """``load()``'s run, with the cores the server's processes used meanwhile. A load run in
+    this process (gRPC) counts this process's CPU as the load generator's."""
+    pids = process_tree(server.process.pid) if server.process is not None else []
+    before = {pid: cpu_seconds(pid) for pid in pids}
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    began = time.perf_counter()
+    run = load()
+    elapsed = time.perf_counter() - began
+    if math.isnan(run.load_cores):
+        run.load_cores = (_cpu(resource.getrusage(resource.RUSAGE_SELF)) - _cpu(own)) / elapsed
+    # a process started meanwhile (a prediction log's writer) counts from 0
+    pids = process_tree(server.process.pid) if server.process is not None else []
+    used = [cpu_seconds(pid) - before.get(pid, 0.0) for pid in pids]
+    run.server_cores = sum(used) / elapsed
+    run.busiest_cores = max(used, default=0.0) / elapsed
+    return run
 
 
 def _percentile(out: str, which: str) -> float:
@@ -465,15 +504,29 @@ class Result:
     def rps(self) -> float:
         return statistics.median(r.rps for r in self.runs)
 
+    def cpu(self) -> tuple[float, float, float]:
+        """The cores the runs used (medians): the server's processes, the busiest of them, and
+        the load generator."""
+        return (
+            statistics.median(r.server_cores for r in self.runs),
+            statistics.median(r.busiest_cores for r in self.runs),
+            statistics.median(r.load_cores for r in self.runs),
+        )
+
+    def cores(self) -> str:
+        server, busiest, load = self.cpu()
+        return f"server {server:.2f} cores (busiest process {busiest:.2f}), load {load:.2f}"
+
     def row(self) -> str:
         rps = [r.rps for r in self.runs]
         p50 = statistics.median(r.p50 for r in self.runs)
         p99 = statistics.median(r.p99 for r in self.runs)
         errors = sum(r.errors for r in self.runs)
+        server, busiest, load = self.cpu()
         return (
             f"| {self.server} | {self.protocol} | {self.rows} | {self.connections} | "
             f"{self.rps:,.0f} ({min(rps):,.0f}-{max(rps):,.0f}) | {self.rps * self.rows:,.0f} | "
-            f"{p50:.2f} | {p99:.2f} | {errors} |"
+            f"{p50:.2f} | {p99:.2f} | {errors} | {server:.2f} ({busiest:.2f}) | {load:.2f} |"
         )
 
 
@@ -486,12 +539,14 @@ def measure(
     wrk(wrk_path, server.infer_url, paths["lua"], warm, 8, min(args.duration, 3))
     for rows, connections in LOADS:
         body = paths[f"body{rows}"]
-        run = wrk(wrk_path, server.infer_url, paths["lua"], body, connections, args.duration)
+        load = partial(wrk, wrk_path, server.infer_url, paths["lua"], body, connections)
+        run = with_cpu(server, partial(load, args.duration))
         results.append(Result(server.name, "REST", rows, connections, [run]))
         say(results[-1].row())
     if server.grpc is not None and not args.no_grpc:
         for rows, connections in LOADS:
-            run = grpc_load(f"127.0.0.1:{server.grpc}", rows, connections, args.duration)
+            address = f"127.0.0.1:{server.grpc}"
+            run = with_cpu(server, partial(grpc_load, address, rows, connections, args.duration))
             results.append(Result(server.name, "gRPC", rows, connections, [run]))
             say(results[-1].row())
     return results
@@ -569,9 +624,8 @@ def main() -> int:
                         )
                     if name == "foretell":
                         live = server.ready_url.replace("/ready", "/live")
-                        noop.runs.append(
-                            wrk(wrk_path, live, paths["lua"], Path("none"), 32, args.duration)
-                        )
+                        load = partial(wrk, wrk_path, live, paths["lua"], Path("none"), 32)
+                        noop.runs.append(with_cpu(server, partial(load, args.duration)))
                 except BenchError as exc:
                     notes.append(f"{name}: failed: {exc}")
                     say(f"{name} failed: {exc}")
@@ -588,7 +642,8 @@ def report(
 ) -> None:
     print(
         "| server | protocol | rows/request | connections | requests/s (min-max) | rows/s "
-        "| p50 ms | p99 ms | errors |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
+        "| p50 ms | p99 ms | errors | server CPU, cores (busiest process) | load CPU, cores |"
+        "\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     for result in results:
         print(result.row())
@@ -619,7 +674,8 @@ def report(
     if noop is not None:
         print(
             f"- no-op route on foretell's HTTP stack (GET /v2/health/live, through the ASGI "
-            f"layers the infer fast path skips): {noop.rps:,.0f} requests/s at 32 conn"
+            f"layers the infer fast path skips): {noop.rps:,.0f} requests/s at 32 conn; "
+            f"{noop.cores()}"
         )
         ones = [
             r

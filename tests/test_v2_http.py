@@ -20,6 +20,10 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 
 from foretell import Repository
 from foretell.examples import datasets
+from foretell.serving.batching import rows_of
+from foretell.serving.dataplane import DataPlane
+from foretell.serving.rest_v2 import part_json, render_infer
+from foretell.serving.v2 import V2, InferRequest
 from tests.conftest import Server
 
 CANCER = load_breast_cancer().data
@@ -376,6 +380,34 @@ def test_64_concurrent_callers_each_get_their_own_rows(server: Server) -> None:
         expected = [p.outputs["probabilities"]["malignant"] for p in model.predict(rows)]
         np.testing.assert_allclose(result.as_numpy("probabilities")[:, 0], expected, atol=1e-12)
     client.close()
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["breast-cancer", "diabetes", "iris-segments", "card-fraud", "item-recommender", "sentiment"],
+)
+def test_a_merged_batch_answers_in_the_text_each_request_alone_gets(
+    repository: Repository, model: str
+) -> None:
+    """The JSON answer made from the text of a merged batch's rows (``part_json``) is, byte
+    for byte, what rendering the request's own output tensors writes, for every task, for
+    rows not scored (flagged) and with or without a request id."""
+    loaded = repository.load(model)
+    records = rows_for(model, 9)
+    if model == "item-recommender":  # flags invalid rows: a row of no user is answered, unscored
+        records[4] = {"user": None, "items": "not-a-list"}
+    sizes = [1, 3, 1, 4]
+    merged = loaded.run(records, groups=np.repeat(np.arange(len(sizes)), sizes))
+    if model == "item-recommender":
+        assert merged.errors(), "the flagged row must be in the merged batch"
+    v2 = V2(DataPlane(repository))
+    start = 0
+    for i, size in enumerate(sizes):
+        part = rows_of(merged, start, start + size)
+        request = InferRequest(model, None, [], id=None if i % 2 else f"r{i}")
+        expected, _ = render_infer(request, v2.respond(part, request))
+        assert part_json(v2, part, request.id) == expected
+        start += size
 
 
 def server_root(server: Server) -> Path:

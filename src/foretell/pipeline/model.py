@@ -281,6 +281,12 @@ class Batch:
     #: Every input as one (rows, inputs) float64 array in schema order, when validation had
     #: one (see ``Checked.matrix``): the prediction log ships it as it is.
     matrix: np.ndarray | None = None
+    #: When these rows were split from a batch that merged several requests: that batch, and
+    #: the position of this one's first row in it.
+    part_of: tuple[Batch, int] | None = None
+    #: What every request of this batch would otherwise compute alike, worked out once by the
+    #: first that needs it (the REST encoding's text of each row), by name.
+    shared: dict[str, Any] = field(default_factory=dict)
 
     def add_insight(self, columns: dict[str, np.ndarray]) -> None:
         """Adds explanation or uncertainty columns to the outputs."""

@@ -297,6 +297,7 @@ def rows_of(batch: Batch, start: int, stop: int) -> Batch:
         batch.timings_ms,
         {},
         batch.insight,
+        part_of=(batch, start),
     )
 
 

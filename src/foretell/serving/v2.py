@@ -156,13 +156,23 @@ class V2:
         return True
 
     async def infer(self, request: InferRequest) -> InferResponse:
+        batch = await self.score(request)
+        return self.respond(batch, request)
+
+    async def score(self, request: InferRequest) -> Batch:
+        """The scored batch of ``request``'s rows (:meth:`infer` without the outputs, for a
+        transport that encodes them from the batch itself)."""
         for tensor in request.inputs:
             self.plane.check_rows(tensor.shape[0] if tensor.shape else 1)
         with self.plane.using(request.model, request.version) as model:
             rows = self._rows(model, request.inputs)
             options = insight_options(request.parameters)
-            batch = await self.plane.batcher.run(model, rows, **options)
-            outputs = self._outputs(model.spec, batch, request.outputs)
+            return await self.plane.batcher.run(model, rows, **options)
+
+    def respond(self, batch: Batch, request: InferRequest) -> InferResponse:
+        """The answer to ``request``, whose rows ``batch`` scored."""
+        model = batch.model
+        outputs = self.outputs(model.spec, batch, request.outputs)
         return InferResponse(model.name, model.version, outputs, request.id)
 
     def _rows(self, model: Model, inputs: list[Tensor]) -> Any:
@@ -208,9 +218,10 @@ class V2:
             )
         return cached[1]
 
-    def _outputs(
+    def outputs(
         self, spec: ModelSpec, batch: Batch, wanted: list[RequestedOutput] | None
     ) -> list[Tensor]:
+        """The output tensors of ``batch``: those ``wanted`` (None: every output)."""
         available = self._available(spec)
         if wanted is None and not batch.insight:  # the common case, without the lookups
             return [_output_tensor(output, batch, {}) for output in available.values()]

@@ -285,7 +285,7 @@ class Batch:
     #: the position of this one's first row in it.
     part_of: tuple[Batch, int] | None = None
     #: What every request of this batch would otherwise compute alike, worked out once by the
-    #: first that needs it (the REST encoding's text of each row), by name.
+    #: first that needs it (the REST encoding of its outputs), by name.
     shared: dict[str, Any] = field(default_factory=dict)
 
     def add_insight(self, columns: dict[str, np.ndarray]) -> None:

@@ -61,7 +61,6 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 from procstat import cpu_seconds, process_tree, status_bytes
@@ -267,11 +266,13 @@ class Server:
         lines = (self.cwd / "server.log").read_text(errors="replace").splitlines()
         return "\n".join("    " + line for line in lines[-15:])
 
+    def pids(self) -> list[int]:
+        """The server's process and its descendants that are running."""
+        return [] if self.process is None else process_tree(self.process.pid)
+
     def rss_mib(self) -> list[float]:
         """The resident memory of each process of the server's tree, in MiB."""
-        if self.process is None:
-            return []
-        sizes = [status_bytes(p, "VmRSS") / 2**20 for p in process_tree(self.process.pid)]
+        sizes = [status_bytes(p, "VmRSS") / 2**20 for p in self.pids()]
         return [size for size in sizes if size]
 
     def stop(self) -> None:
@@ -384,20 +385,18 @@ def _cpu(usage: resource.struct_rusage) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def with_cpu(server: Server, load: Callable[[], Run]) -> Run:
-    """``load()``'s run, with the cores the server's processes used meanwhile. A load run in
-    this process (gRPC) counts this process's CPU as the load generator's."""
-    pids = process_tree(server.process.pid) if server.process is not None else []
-    before = {pid: cpu_seconds(pid) for pid in pids}
+def with_cpu(server: Server, load: Callable[..., Run], *args: object) -> Run:
+    """``load(*args)``'s run, with the cores the server's processes used meanwhile. A load run
+    in this process (gRPC) counts this process's CPU as the load generator's."""
+    before = {pid: cpu_seconds(pid) for pid in server.pids()}
     own = resource.getrusage(resource.RUSAGE_SELF)
     began = time.perf_counter()
-    run = load()
+    run = load(*args)
     elapsed = time.perf_counter() - began
     if math.isnan(run.load_cores):
         run.load_cores = (_cpu(resource.getrusage(resource.RUSAGE_SELF)) - _cpu(own)) / elapsed
     # a process started meanwhile (a prediction log's writer) counts from 0
-    pids = process_tree(server.process.pid) if server.process is not None else []
-    used = [cpu_seconds(pid) - before.get(pid, 0.0) for pid in pids]
+    used = [cpu_seconds(pid) - before.get(pid, 0.0) for pid in server.pids()]
     run.server_cores = sum(used) / elapsed
     run.busiest_cores = max(used, default=0.0) / elapsed
     return run
@@ -539,14 +538,14 @@ def measure(
     wrk(wrk_path, server.infer_url, paths["lua"], warm, 8, min(args.duration, 3))
     for rows, connections in LOADS:
         body = paths[f"body{rows}"]
-        load = partial(wrk, wrk_path, server.infer_url, paths["lua"], body, connections)
-        run = with_cpu(server, partial(load, args.duration))
+        url, lua = server.infer_url, paths["lua"]
+        run = with_cpu(server, wrk, wrk_path, url, lua, body, connections, args.duration)
         results.append(Result(server.name, "REST", rows, connections, [run]))
         say(results[-1].row())
     if server.grpc is not None and not args.no_grpc:
         for rows, connections in LOADS:
             address = f"127.0.0.1:{server.grpc}"
-            run = with_cpu(server, partial(grpc_load, address, rows, connections, args.duration))
+            run = with_cpu(server, grpc_load, address, rows, connections, args.duration)
             results.append(Result(server.name, "gRPC", rows, connections, [run]))
             say(results[-1].row())
     return results
@@ -624,8 +623,9 @@ def main() -> int:
                         )
                     if name == "foretell":
                         live = server.ready_url.replace("/ready", "/live")
-                        load = partial(wrk, wrk_path, live, paths["lua"], Path("none"), 32)
-                        noop.runs.append(with_cpu(server, partial(load, args.duration)))
+                        no_body = (paths["lua"], Path("none"))
+                        run = with_cpu(server, wrk, wrk_path, live, *no_body, 32, args.duration)
+                        noop.runs.append(run)
                 except BenchError as exc:
                     notes.append(f"{name}: failed: {exc}")
                     say(f"{name} failed: {exc}")

@@ -204,7 +204,7 @@ def render_infer(
 ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """The body and headers: JSON, or a JSON header plus binary blobs for the outputs that
     asked for binary data."""
-    all_binary = bool(request.parameters.get("binary_data_output", False))
+    all_binary = _all_binary(request)
     blobs = []
     for tensor in response.outputs:
         wants = tensor.parameters.pop("binary_data", all_binary)
@@ -224,9 +224,14 @@ def render_infer(
 _JSON = (b"content-type", b"application/json")
 
 
+def _all_binary(request: InferRequest) -> bool:
+    """Whether ``request`` asks for every output as binary data."""
+    return bool(request.parameters.get("binary_data_output", False))
+
+
 def _plain_json(request: InferRequest) -> bool:
     """Whether the answer to ``request`` is JSON with every output (see :func:`render_infer`)."""
-    return request.outputs is None and not request.parameters.get("binary_data_output", False)
+    return request.outputs is None and not _all_binary(request)
 
 
 def part_json(v2: V2, batch: Batch, request_id: str | None) -> bytes:
@@ -256,10 +261,9 @@ def _flat_output(tensor: Tensor) -> tuple[bytes, bytes, list[Any] | np.ndarray, 
     """An output of a whole batch for :func:`part_json`: the text of its output object up to
     the number of rows in its shape, the text from there to its data, its flat data
     (:func:`to_json_data`) and the number of elements in a row."""
-    opening = orjson.dumps({"name": tensor.name, "datatype": tensor.datatype})[:-1]
+    opening = orjson.dumps({"name": tensor.name, "datatype": tensor.datatype})[:-1] + b',"shape":['
     closing = "".join(f",{d}" for d in tensor.shape[1:]).encode() + b'],"data":'
-    width = math.prod(tensor.shape[1:])
-    return opening + b',"shape":[', closing, to_json_data(tensor), width
+    return opening, closing, to_json_data(tensor), math.prod(tensor.shape[1:])
 
 
 class InferRoute:

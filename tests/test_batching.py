@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+import tritonclient.http as triton
 from prometheus_client import CollectorRegistry
 from sklearn.datasets import load_breast_cancer
+from tritonclient.utils import InferenceServerException
 
 from foretell import Repository
 from foretell.errors import ForetellError, ValidationError
@@ -28,7 +32,7 @@ from tests.conftest import Server
 CANCER = load_breast_cancer().data
 NAMES = [str(n) for n in load_breast_cancer().feature_names]
 #: A long wait, so that requests sent together surely meet in one batch.
-MERGING = BatchPolicy(max_batch_size=64, max_wait_ms=200.0)
+MERGING = {"max_batch_size": 64, "max_wait_ms": 200.0}
 
 
 @pytest.fixture
@@ -63,7 +67,7 @@ def test_each_caller_gets_its_own_rows_in_one_forward_pass(cancer: Model) -> Non
     lengths = [1, 3, 7, 1, 18, 2]  # mixed sizes, 32 rows in all
     requests = [CANCER[s : s + n] for s, n in zip(starts, lengths, strict=True)]
 
-    answers = asyncio.run(gather(Batcher(MERGING), cancer, requests))
+    answers = asyncio.run(gather(Batcher(**MERGING), cancer, requests))
 
     assert sizes == [32]  # one forward pass for six callers
     alone = [cancer.predict(rows) for rows in requests]
@@ -77,7 +81,7 @@ def test_each_caller_gets_its_own_rows_in_one_forward_pass(cancer: Model) -> Non
 
 def test_records_and_arrays_merge(cancer: Model) -> None:
     records = [dict(zip(NAMES, map(float, row), strict=True)) for row in CANCER[5:8]]
-    answers = asyncio.run(gather(Batcher(MERGING), cancer, [records, CANCER[:2], records[:1]]))
+    answers = asyncio.run(gather(Batcher(**MERGING), cancer, [records, CANCER[:2], records[:1]]))
     assert [len(a) for a in answers] == [3, 2, 1]
     np.testing.assert_allclose(probabilities(answers[0]), probabilities(cancer.predict(records)))
     np.testing.assert_allclose(probabilities(answers[1]), probabilities(cancer.predict(CANCER[:2])))
@@ -91,7 +95,7 @@ def test_a_broken_row_fails_only_its_own_request(cancer: Model) -> None:
     bad[1, 0] = -5.0  # 'mean radius' below its minimum: the model rejects the request
     requests = [CANCER[:2], bad, CANCER[20:24]]
 
-    answers = asyncio.run(gather(Batcher(MERGING), cancer, requests))
+    answers = asyncio.run(gather(Batcher(**MERGING), cancer, requests))
 
     assert sizes == [9]
     assert [len(a) for a in (answers[0], answers[2])] == [2, 4]
@@ -105,7 +109,7 @@ def test_a_broken_row_fails_only_its_own_request(cancer: Model) -> None:
 
 
 def test_a_malformed_request_fails_before_it_joins(cancer: Model) -> None:
-    answers = asyncio.run(gather(Batcher(MERGING), cancer, [CANCER[:1], CANCER[:2, :5]]))
+    answers = asyncio.run(gather(Batcher(**MERGING), cancer, [CANCER[:1], CANCER[:2, :5]]))
     assert len(answers[0]) == 1
     assert isinstance(answers[1], ForetellError)
     assert "shape" in str(answers[1])
@@ -115,7 +119,7 @@ def test_options_are_never_mixed(cancer: Model) -> None:
     sizes = seen_batches(cancer)
 
     async def both() -> list[Any]:
-        batcher = Batcher(MERGING)
+        batcher = Batcher(**MERGING)
         plain = [batcher.predict(cancer, CANCER[i : i + 1]) for i in range(3)]
         explained = [batcher.predict(cancer, CANCER[i : i + 2], explain=True) for i in range(2)]
         return await asyncio.gather(*plain, *explained, return_exceptions=True)
@@ -134,16 +138,15 @@ def test_options_are_never_mixed(cancer: Model) -> None:
 
 def test_a_full_batch_leaves_at_once_and_the_rest_waits_its_turn(cancer: Model) -> None:
     sizes = seen_batches(cancer)
-    policy = BatchPolicy(max_batch_size=8, max_wait_ms=200.0)
     requests = [CANCER[i : i + 3] for i in range(5)]  # 15 rows: no batch may pass 8
-    answers = asyncio.run(gather(Batcher(policy), cancer, requests))
+    answers = asyncio.run(gather(Batcher(max_batch_size=8, max_wait_ms=200.0), cancer, requests))
     assert [len(a) for a in answers] == [3] * 5
     assert all(size <= 8 for size in sizes) and sum(sizes) == 15
 
 
 def test_without_merging_every_request_runs_alone(cancer: Model) -> None:
     sizes = seen_batches(cancer)
-    alone = Batcher(BatchPolicy(max_batch_size=1))
+    alone = Batcher(max_batch_size=1)
     answers = asyncio.run(gather(alone, cancer, [CANCER[:1], CANCER[:3], CANCER[:2]]))
     assert [len(a) for a in answers] == [1, 3, 2]
     assert sorted(sizes) == [1, 2, 3]
@@ -154,7 +157,10 @@ def test_the_spec_sets_the_policy_and_the_command_line_overrides_it(cancer: Mode
     data = {**cancer.spec.model_dump(), "batching": {"max_batch_size": 16, "max_wait_ms": 1.5}}
     cancer.spec = type(cancer.spec).model_validate(data)
     assert Batcher().policy_of(cancer) == BatchPolicy(16, 1.5)
-    assert Batcher(BatchPolicy(4, 0.0)).policy_of(cancer) == BatchPolicy(4, 0.0)
+    assert Batcher(4, 0.0).policy_of(cancer) == BatchPolicy(4, 0.0)
+    # a flag overrides its own field only
+    assert Batcher(max_wait_ms=5.0).policy_of(cancer) == BatchPolicy(16, 5.0)
+    assert Batcher(max_batch_size=4).policy_of(cancer) == BatchPolicy(4, 1.5)
 
 
 def test_by_default_a_batch_forms_while_the_model_is_busy(cancer: Model) -> None:
@@ -179,82 +185,154 @@ def batching_server(examples_root: Path, tmp_path_factory: pytest.TempPathFactor
     running.stop()
 
 
-def v2_body(rows: np.ndarray, request_id: str, outputs: list[str] | None) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": request_id,
-        "inputs": [
-            {
-                "name": "input",
-                "datatype": "FP64",
-                "shape": list(rows.shape),
-                "data": rows.ravel().tolist(),
-            }
-        ],
-    }
-    if outputs is not None:
-        body["outputs"] = [{"name": n} for n in outputs]
-    return body
+def batches_scored(server: Server, model: str) -> int:
+    """How many batches ``server`` has scored for ``model`` (its ``foretell_batch_rows``)."""
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    found = re.search(rf'^foretell_batch_rows_count{{model="{model}"}} ([0-9.e+]+)$', text, re.M)
+    return 0 if found is None else int(float(found.group(1)))
 
 
-def test_concurrent_v2_callers_get_their_own_ids_outputs_and_rows(batching_server: Server) -> None:
-    url = f"{batching_server.url}/v2/models/breast-cancer/infer"
-    plans: list[tuple[int, list[str] | None]] = [
-        (1, ["label"]),
-        (5, None),
-        (2, ["probabilities", "prediction_id"]),
-        (3, ["decision"]),
-        (1, None),
-        (7, ["label", "decision"]),
+@dataclass(frozen=True, eq=False)
+class Call:
+    """One caller's V2 request: its rows, the outputs it asks for (name, binary), parameters."""
+
+    rows: np.ndarray
+    outputs: tuple[tuple[str, bool], ...] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+def infer(server: Server, call: Call) -> triton.InferResult | InferenceServerException:
+    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    tensor = triton.InferInput("input", list(call.rows.shape), "FP64")
+    tensor.set_data_from_numpy(call.rows, binary_data=False)
+    outputs = None
+    if call.outputs is not None:
+        outputs = [triton.InferRequestedOutput(n, binary_data=b) for n, b in call.outputs]
+    try:
+        return client.infer("breast-cancer", [tensor], outputs=outputs, parameters=call.parameters)
+    except InferenceServerException as exc:
+        return exc
+    finally:
+        client.close()
+
+
+def test_concurrent_v2_callers_each_get_their_own_rows_outputs_and_parameters(
+    batching_server: Server,
+) -> None:
+    broken = CANCER[40:42].copy()
+    broken[1, 3] = -1.0  # "mean area" below its minimum: this caller's request fails alone
+    explain = {"explain": True}
+    calls = [
+        Call(CANCER[0:1], (("label", False),)),
+        Call(CANCER[1:6]),
+        Call(CANCER[6:8], (("probabilities", True), ("prediction_id", False))),
+        Call(CANCER[8:11], (("decision", False), ("attribution", True)), explain),
+        Call(CANCER[11:12], None, explain),
+        Call(CANCER[12:19], (("label", True), ("decision", True))),
+        Call(broken),
+        Call(CANCER[19:23], (("base_value", False),), explain),
+        Call(CANCER[23:24], (("probabilities", False),), {"explain": False}),
     ]
-    bad = CANCER[40:42].copy()
-    bad[0, 3] = -1.0
+    before = batches_scored(batching_server, "breast-cancer")
+    with ThreadPoolExecutor(len(calls)) as pool:  # within the server's 100 ms of waiting
+        together = list(pool.map(lambda call: infer(batching_server, call), calls))
+    merged = batches_scored(batching_server, "breast-cancer") - before
+    # the same requests one at a time: each scored alone
+    alone = [infer(batching_server, call) for call in calls]
+    assert batches_scored(batching_server, "breast-cancer") - before - merged == len(calls)
+    assert merged < len(calls) - 2  # callers were merged: two option sets, at most a few passes
 
-    def send(i: int) -> httpx.Response:
-        if i == len(plans):
-            return httpx.post(url, json=v2_body(bad, "bad", None), timeout=30)
-        n, outputs = plans[i]
-        return httpx.post(url, json=v2_body(CANCER[i : i + n], f"r{i}", outputs), timeout=30)
+    failed = next(r for c, r in zip(calls, together, strict=True) if c.rows is broken)
+    assert isinstance(failed, InferenceServerException) and "mean area" in str(failed)
+    ids = []
+    for call, mine, reference in zip(calls, together, alone, strict=True):
+        if call.rows is broken:
+            continue
+        assert isinstance(mine, triton.InferResult), mine
+        assert isinstance(reference, triton.InferResult), reference
+        names = [o["name"] for o in mine.get_response()["outputs"]]
+        expected = [o["name"] for o in reference.get_response()["outputs"]]
+        assert names == expected
+        if call.outputs is not None:
+            assert names == [name for name, _ in call.outputs]
+        if call.outputs is None:  # every output: the insight ones only where asked for
+            explained = bool(call.parameters and call.parameters["explain"])
+            assert ("attribution" in names) == ("base_value" in names) == explained
+        for name in names:
+            got, want = mine.as_numpy(name), reference.as_numpy(name)
+            assert got is not None and want is not None and len(got) == len(call.rows), name
+            if name == "prediction_id":
+                ids += got.tolist()
+            elif got.dtype.kind in "fc":
+                np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9, err_msg=name)
+            else:
+                assert got.tolist() == want.tolist(), name
+    with_ids = [
+        c
+        for c, r in zip(calls, alone, strict=True)
+        if c.rows is not broken
+        and "prediction_id" in {o["name"] for o in r.get_response()["outputs"]}
+    ]
+    assert len(ids) == len(set(ids)) == sum(len(c.rows) for c in with_ids)
 
-    with ThreadPoolExecutor(len(plans) + 1) as pool:
-        responses = list(pool.map(send, range(len(plans) + 1)))
 
-    alone = {}
-    for i, (n, outputs) in enumerate(plans):
-        response = responses[i]
-        assert response.status_code == 200, response.text
-        body = response.json()
-        assert body["id"] == f"r{i}"
-        names = [o["name"] for o in body["outputs"]]
-        if outputs is not None:
-            assert names == outputs
-        for tensor in body["outputs"]:
-            assert tensor["shape"][0] == n
-            alone[(i, tensor["name"])] = tensor["data"]
-    assert responses[-1].status_code == 400
-    assert "mean area" in responses[-1].text
-    # the rows are the caller's own: compare with the same rows asked for alone
-    single = httpx.post(url, json=v2_body(CANCER[1:6], "x", None), timeout=30).json()
-    by_name = {t["name"]: t["data"] for t in single["outputs"]}
-    assert alone[(1, "probabilities")] == pytest.approx(by_name["probabilities"])
-    assert alone[(1, "label")] == by_name["label"]
-
-
-def test_concurrent_v1_callers_get_their_own_rows(batching_server: Server) -> None:
+def test_concurrent_v1_callers_get_their_own_rows(
+    batching_server: Server, repository: Repository
+) -> None:
     url = f"{batching_server.url}/v1/models/breast-cancer:predict"
+    model = repository.load("breast-cancer")
 
     def send(i: int) -> httpx.Response:
         rows = [dict(zip(NAMES, map(float, r), strict=True)) for r in CANCER[i : i + i % 4 + 1]]
         return httpx.post(url, json={"instances": rows}, timeout=30)
 
+    before = batches_scored(batching_server, "breast-cancer")
     with ThreadPoolExecutor(12) as pool:
         responses = list(pool.map(send, range(12)))
+    assert batches_scored(batching_server, "breast-cancer") - before < 12  # merged
     ids = []
     for i, response in enumerate(responses):
         assert response.status_code == 200, response.text
         predictions = response.json()["predictions"]
-        assert len(predictions) == i % 4 + 1
+        expected = model.predict(CANCER[i : i + i % 4 + 1])
+        assert [p["label"] for p in predictions] == [e.outputs["label"] for e in expected]
+        got = [list(p["probabilities"].values()) for p in predictions]
+        np.testing.assert_allclose(got, probabilities(expected), rtol=1e-6)
         ids += [p["prediction_id"] for p in predictions]
-    assert len(set(ids)) == len(ids)
+    assert len(set(ids)) == len(ids) == sum(i % 4 + 1 for i in range(12))
+
+
+def batch_sizes(server: Server, model: str) -> dict[float, int]:
+    """Cumulative counts of ``model``'s scored batches by size bound (``le``)."""
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    pattern = rf'^foretell_batch_rows_bucket{{le="([^"]+)",model="{model}"}} ([0-9.e+]+)$'
+    return {float(le): int(float(n)) for le, n in re.findall(pattern, text, re.M)}
+
+
+def test_a_server_takes_the_specs_batching_and_a_flag_overrides_only_its_own_field(
+    examples_copy: Path, tmp_path: Path
+) -> None:
+    spec = examples_copy / "breast-cancer" / "2" / "model.yaml"
+    spec.write_text(spec.read_text() + "batching:\n  max_batch_size: 4\n  max_wait_ms: 0\n")
+    # --max-wait-ms makes 12 requests sent together meet; the spec still bounds them at 4 rows
+    server = Server(["--repository", str(examples_copy), "--max-wait-ms", "300"], cwd=tmp_path)
+    try:
+        url = f"{server.url}/v2/models/breast-cancer/infer"
+
+        def send(i: int) -> httpx.Response:
+            body = {"inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 30]}]}
+            body["inputs"][0]["data"] = CANCER[i].tolist()
+            return httpx.post(url, json=body, timeout=30)
+
+        with ThreadPoolExecutor(12) as pool:
+            assert all(r.status_code == 200 for r in pool.map(send, range(12)))
+        sizes = batch_sizes(server, "breast-cancer")
+    finally:
+        server.stop()
+    batches = sizes[float("inf")]
+    assert batches < 12  # merged, as the flag's wait allows
+    assert sizes[4.0] == batches  # none over the spec's 4 rows
+    assert sizes[2.0] < batches  # and some of more than 2: they did wait for each other
 
 
 def test_serve_refuses_a_batch_size_below_one(examples_root: Path, tmp_path: Path) -> None:
@@ -270,7 +348,7 @@ def test_a_prediction_log_far_behind_makes_callers_wait_but_never_the_event_loop
     monitor = Monitor(store, CollectorRegistry())
     monitor.attach(cancer)
     log = monitor.predlog
-    batcher = Batcher(BatchPolicy(max_batch_size=64))
+    batcher = Batcher(max_batch_size=64)
     lock = sqlite3.connect(path, check_same_thread=False)
     # without the guard the loop itself would wait for the lock: let go in the end regardless
     safety = threading.Timer(10.0, lock.rollback)

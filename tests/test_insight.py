@@ -183,13 +183,25 @@ def test_permutation_attributions_equal_shap_for_an_onnx_model(examples_root: Pa
     masker = shap.maskers.Independent(background, max_samples=len(background))
     settings = model.spec.insight.explain
     assert settings is not None and settings.algorithm == "auto"
-    explainer = shap.PermutationExplainer(probabilities, masker, seed=settings.seed)
-    explanation = explainer(rows.to_numpy(np.float64), max_evals=settings.evaluations, silent=True)
     chosen = [model.spec.labels.index(p.outputs["label"]) for p in predictions]  # type: ignore[union-attr]
-    n = np.arange(len(rows))
-    np.testing.assert_allclose(got, explanation.values[n, :, chosen], rtol=0, atol=1e-6)
-    np.testing.assert_allclose(base, explanation.base_values[n, chosen], rtol=0, atol=1e-6)
+    for i, row in enumerate(rows.to_numpy(np.float64)):  # each row from the seed, on its own
+        explainer = shap.PermutationExplainer(probabilities, masker, seed=settings.seed)
+        explanation = explainer(row[None, :], max_evals=settings.evaluations, silent=True)
+        np.testing.assert_allclose(got[i], explanation.values[0, :, chosen[i]], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(base[i], explanation.base_values[0, chosen[i]], atol=1e-6)
     _assert_additive(predictions, names)
+
+
+def test_a_rows_attributions_do_not_depend_on_the_rows_explained_with_it(
+    examples_root: Path,
+) -> None:
+    model = Model.from_folder(examples_root / "breast-cancer" / "2")  # sampled permutations
+    rows = load_breast_cancer().data[:12]
+    names = model.spec.feature_names
+    together, _ = _attributions(model.predict(rows, explain=True), names)
+    for i in (0, 5, 11):
+        alone, _ = _attributions(model.predict(rows[i : i + 1], explain=True), names)
+        np.testing.assert_allclose(alone[0], together[i], rtol=0, atol=1e-12)
 
 
 def test_categories_are_explained_as_one_input(repository: Repository) -> None:

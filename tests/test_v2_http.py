@@ -22,7 +22,7 @@ from foretell import Repository
 from foretell.examples import datasets
 from foretell.serving.batching import rows_of
 from foretell.serving.dataplane import DataPlane
-from foretell.serving.rest_v2 import part_json, render_infer
+from foretell.serving.rest_v2 import parse_infer, part_json, render_infer
 from foretell.serving.v2 import V2, InferRequest
 from tests.conftest import Server
 
@@ -235,6 +235,38 @@ def test_compressed_request_bodies(client: triton.InferenceServerClient, algorit
 
 def _post(server: Server, path: str, body: bytes, headers: dict[str, str] | None = None) -> Any:
     return httpx.post(f"{server.url}{path}", content=body, headers=headers or {}, timeout=30)
+
+
+def test_binary_inputs_are_decoded_without_a_copy_at_any_offset(server: Server) -> None:
+    rows = CANCER[:3]
+    answers = []
+    for pad in (0, 1, 3):  # the header's length puts the data at any offset, aligned or not
+        head = {
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": "FP64",
+                    "shape": [3, 30],
+                    "parameters": {"binary_data_size": rows.nbytes},
+                }
+            ]
+        }
+        header = json.dumps(head).encode() + b" " * pad
+        body = header + rows.tobytes()
+        data = parse_infer(body, str(len(header)), "breast-cancer", None).inputs[0].data
+        assert np.shares_memory(data, np.frombuffer(body, np.uint8))  # a view of the body
+        np.testing.assert_array_equal(data, rows)
+        response = _post(
+            server,
+            "/v2/models/breast-cancer/infer",
+            body,
+            {"Inference-Header-Content-Length": str(len(header))},
+        )
+        assert response.status_code == 200, response.text
+        answers.append({o["name"]: o["data"] for o in response.json()["outputs"]})
+    for answer in answers[1:]:
+        assert answer["label"] == answers[0]["label"]
+        assert answer["probabilities"] == pytest.approx(answers[0]["probabilities"])
 
 
 def test_binary_body_by_hand_and_bytes_elements(server: Server) -> None:

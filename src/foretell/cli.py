@@ -693,12 +693,15 @@ def serve(
         int | None,
         typer.Option(
             help="Merge concurrent requests to a model into forward passes of up to this many "
-            "rows (1: no merging); default: each model.yaml's batching."
+            "rows (1: no merging); default: each model.yaml's batching (64)."
         ),
     ] = None,
     max_wait_ms: Annotated[
         float | None,
-        typer.Option(help="Longest a request waits for others to join its batch (ms)."),
+        typer.Option(
+            help="Longest a request waits for others to join its batch (ms); default: each "
+            "model.yaml's batching (0: a batch forms only while the model is busy)."
+        ),
     ] = None,
     workers: Annotated[
         int,
@@ -889,19 +892,20 @@ def _freeze_loaded() -> None:
 
 
 def batcher_of(max_batch_size: int | None, max_wait_ms: float | None) -> Batcher:
-    """A Batcher whose policy overrides every model's, from ``serve``'s batching flags."""
+    """A Batcher from ``serve``'s batching flags: each one given overrides that field of every
+    model's ``batching``."""
     from foretell.repository.spec import Batching
-    from foretell.serving.batching import Batcher, BatchPolicy
+    from foretell.serving.batching import Batcher
 
+    given = {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms}
     try:
-        given = {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms}
-        policy = Batching.model_validate({k: v for k, v in given.items() if v is not None})
+        Batching.model_validate({k: v for k, v in given.items() if v is not None})
     except ValueError:
         raise typer.BadParameter(
             "--max-batch-size must be at least 1 and --max-wait-ms in [0, 10000]; got "
             f"{max_batch_size} and {max_wait_ms}"
         ) from None
-    return Batcher(BatchPolicy(policy.max_batch_size, policy.max_wait_ms))
+    return Batcher(max_batch_size, max_wait_ms)
 
 
 causal_app = typer.Typer(

@@ -11,7 +11,8 @@ Algorithms (``insight.explain.algorithm`` in model.yaml):
 - ``tree``: SHAP's TreeExplainer (interventional, against the background) on the runtime's own
   XGBoost or LightGBM booster or scikit-learn tree ensemble: exact and fast. It sees the encoded
   columns, so a one-hot category's attribution is the sum over its columns.
-- ``permutation``: SHAP's PermutationExplainer over the inputs as the user knows them, seeded:
+- ``permutation``: SHAP's PermutationExplainer over the inputs as the user knows them, seeded
+  afresh for every row (so a row's attributions do not depend on the rows explained with it):
   sampled permutations whose attributions still add up exactly. It masks whole inputs (a
   category is one input, whatever its encoding) and runs the model's own preprocessing and
   forward pass on each masked row: about ``evaluations`` x background rows per explained row.
@@ -193,11 +194,17 @@ class Explainer:
             return self._forward(self._encode(codes))
 
         evaluations = max(self.settings.evaluations, 2 * len(self.features) + 1)
+        seed = self.settings.seed
         with _GLOBAL_RANDOM:
-            explainer = self.shap.PermutationExplainer(forward, masker, seed=self.settings.seed)
-            explanation = explainer(z, max_evals=evaluations, silent=True)
-        values = np.asarray(explanation.values, dtype=np.float64)
-        base = np.asarray(explanation.base_values, dtype=np.float64)
+            explainer = self.shap.PermutationExplainer(forward, masker, seed=seed)
+            parts = []
+            for i in range(len(z)):
+                # every row from the seed: a row's attributions are the same whichever rows
+                # are explained with it (its own request's, or a merged batch's)
+                np.random.seed(seed)
+                parts.append(explainer(z[i : i + 1], max_evals=evaluations, silent=True))
+        values = np.concatenate([np.asarray(p.values, dtype=np.float64) for p in parts])
+        base = np.concatenate([np.asarray(p.base_values, dtype=np.float64) for p in parts])
         if values.ndim == 2:
             values, base = values[:, :, None], base.reshape(-1, 1)
         return values, base

@@ -67,22 +67,24 @@ class _Request:
 class Batcher:
     """Answers predictions through one queue per model and option set.
 
-    ``policy_of`` gives a model's :class:`BatchPolicy`; the server sets it from the spec and
-    its command-line overrides.
+    ``policy_of`` gives a model's :class:`BatchPolicy`: the spec's ``batching``, where
+    ``max_batch_size`` or ``max_wait_ms`` given here (``foretell serve``'s flags) override the
+    field they name for every model.
     """
 
-    def __init__(self, override: BatchPolicy | None = None) -> None:
-        self.override = override
+    def __init__(self, max_batch_size: int | None = None, max_wait_ms: float | None = None) -> None:
+        self.max_batch_size, self.max_wait_ms = max_batch_size, max_wait_ms
         self._queues: dict[tuple[Any, ...], _Queue] = {}
 
     def policy_of(self, model: Model) -> BatchPolicy:
-        """The CLI's policy when one was given, else the spec's, else the default: batches of
-        up to 64 rows that form while the model is busy, without waiting when it is idle
-        (measured in docs/benchmarks.md: it helps under load and costs nothing alone)."""
-        if self.override is not None:
-            return self.override
+        """The spec's policy (by default batches of up to 64 rows that form while the model is
+        busy, without waiting when it is idle: measured in docs/benchmarks.md, it helps under
+        load and costs nothing alone), with this batcher's overrides."""
         spec = model.spec.batching or Batching()
-        return BatchPolicy(spec.max_batch_size, spec.max_wait_ms)
+        return BatchPolicy(
+            spec.max_batch_size if self.max_batch_size is None else self.max_batch_size,
+            spec.max_wait_ms if self.max_wait_ms is None else self.max_wait_ms,
+        )
 
     async def predict(self, model: Model, rows: Rows, **options: Any) -> list[Prediction]:
         """One result per row of ``rows``, scored alone or merged with concurrent requests."""

@@ -163,7 +163,7 @@ def parse_infer(
                     f"input '{name}' has binary_data_size {size!r}, but only "
                     f"{len(blobs) - offset} bytes of binary data remain"
                 )
-            array = from_bytes(name, datatype, shape, bytes(blobs[offset : offset + size]))
+            array = from_bytes(name, datatype, shape, blobs[offset : offset + size])
             offset += size
         elif "data" in item:
             array = from_json(name, datatype, shape, item["data"])

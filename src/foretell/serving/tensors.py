@@ -120,8 +120,9 @@ def _flatten(data: Any) -> list[Any]:
     return flat
 
 
-def from_bytes(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndarray:
-    """A tensor from its raw binary form (little-endian; BYTES length-prefixed)."""
+def from_bytes(name: str, datatype: str, shape: list[int], raw: bytes | memoryview) -> np.ndarray:
+    """A tensor from its raw binary form (little-endian; BYTES length-prefixed). Numbers are
+    a read-only view of ``raw``, not a copy."""
     count = math.prod(shape)
     if datatype == "BYTES":
         items, offset = [], 0
@@ -132,7 +133,7 @@ def from_bytes(name: str, datatype: str, shape: list[int], raw: bytes) -> np.nda
             offset += 4
             if offset + length > len(raw):
                 raise InputFormatError(f"input '{name}': a BYTES element runs past the data")
-            items.append(raw[offset : offset + length])
+            items.append(bytes(raw[offset : offset + length]))
             offset += length
         if len(items) != count:
             raise InputFormatError(

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import skops.io as sio
 from sklearn.datasets import load_breast_cancer
+from sklearn.kernel_ridge import KernelRidge
 from sklearn.linear_model import LinearRegression
 
 from foretell.pipeline import Model
 from foretell.repository.spec import Feature, ModelSpec, read_spec, write_spec
 from foretell.runtimes.sklearn import SklearnRuntime
+from tests.conftest import Server
 
 CANCER = load_breast_cancer().data
 
@@ -89,3 +93,70 @@ def test_a_model_that_disagrees_in_onnx_falls_back(
     assert "disagrees with the estimator" in caplog.text
     [result] = model.predict([[1e7 + 0.5]])
     assert result.outputs["value"] == pytest.approx(500.0, abs=1e-3)
+
+
+def test_an_estimator_skl2onnx_cannot_convert_falls_back_with_the_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    x = np.random.default_rng(0).uniform(0, 1, (100, 2))
+    estimator = KernelRidge(alpha=0.1).fit(x, x.sum(axis=1))  # skl2onnx has no converter
+    folder = tmp_path / "ridge" / "1"
+    folder.mkdir(parents=True)
+    sio.dump(estimator, folder / "model.skops")
+    inputs = [Feature(name=n, min=0, max=1) for n in ("a", "b")]
+    spec = ModelSpec(
+        name="ridge",
+        version="1",
+        task="regression",
+        format="sklearn",
+        artifact="model.skops",
+        inputs=inputs,
+        compile="onnx",
+    )
+    write_spec(spec, folder)
+    with caplog.at_level(logging.WARNING, logger="foretell.runtimes"):
+        model = Model.from_folder(folder)
+    assert isinstance(model.runtime, SklearnRuntime)
+    assert model.runtime.compiled is None
+    assert "compile: onnx failed, serving the scikit-learn estimator" in caplog.text
+    assert "KernelRidge" in caplog.text
+    [result] = model.predict([[0.25, 0.5]])
+    assert result.outputs["value"] == pytest.approx(float(estimator.predict([[0.25, 0.5]])[0]))
+
+
+def test_a_server_serves_compiled_models_and_logs_each_fallback(
+    examples_root: Path, examples_copy: Path, tmp_path: Path
+) -> None:
+    for name in ("breast-cancer", "card-fraud"):
+        folder = examples_copy / name / "1"
+        write_spec(read_spec(folder).model_copy(update={"compile": "onnx"}), folder)
+    (examples_copy / "breast-cancer" / "policy.yaml").write_text('serve: "1"\n')  # scikit-learn
+    server = Server(["--repository", str(examples_copy)], cwd=tmp_path)
+    try:
+        for _ in range(300):  # loading goes on after the server is live
+            if httpx.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 200:
+                break
+            time.sleep(0.1)
+        body = {"inputs": [{"name": "input", "datatype": "FP64", "shape": [20, 30]}]}
+        body["inputs"][0]["data"] = CANCER[:20].ravel().tolist()
+        url = f"{server.url}/v2/models/breast-cancer/infer"
+        response = httpx.post(url, json=body, timeout=30)
+        fraud = httpx.post(
+            f"{server.url}/v1/models/card-fraud:predict",
+            json={"instances": card_rows(3)},
+            timeout=30,
+        )
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert "breast-cancer/1: compiled to ONNX" in log
+    assert "card-fraud/1: compile: onnx failed" in log and "anomaly_detection" in log
+    assert response.status_code == 200, response.text
+    assert response.json()["model_version"] == "1"
+    outputs = {o["name"]: o["data"] for o in response.json()["outputs"]}
+    plain = Model.from_folder(examples_root / "breast-cancer" / "1").predict(CANCER[:20])
+    assert outputs["label"] == [p.outputs["label"] for p in plain]
+    expected = [list(p.outputs["probabilities"].values()) for p in plain]
+    np.testing.assert_allclose(np.reshape(outputs["probabilities"], (20, 2)), expected, atol=1e-4)
+    assert fraud.status_code == 200, fraud.text
+    assert len(fraud.json()["predictions"]) == 3

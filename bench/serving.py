@@ -93,6 +93,7 @@ CONFIGS: dict[str, tuple[str, dict[str, object]]] = {
         {"parallel_workers": 2, "max_batch_size": 32, "max_batch_time": 0.002},
     ),
     "BentoML 1 worker": ("bentoml", {"workers": 1}),
+    "BentoML 1 worker + batching": ("bentoml", {"workers": 1, "batch": 32}),
     "BentoML 2 workers": ("bentoml", {"workers": 2}),
 }
 
@@ -102,19 +103,37 @@ import joblib
 import numpy as np
 import bentoml
 
+#: The most rows of one adaptive batch; 0: every request alone.
+BATCH = int(os.environ["BENCH_BATCH"])
+
+
+def answer(p):
+    return {"model_name": "breast-cancer", "outputs": [{"name": "probabilities",
+            "datatype": "FP64", "shape": list(p.shape), "data": p.ravel().tolist()}]}
+
+
+def matrix(tensor):
+    return np.asarray(tensor["data"], dtype=np.float64).reshape(tensor["shape"])
+
 
 @bentoml.service(workers=int(os.environ["BENCH_WORKERS"]))
 class BreastCancer:
     def __init__(self) -> None:
         self.model = joblib.load(os.environ["BENCH_MODEL"])
 
-    @bentoml.api(route="/v2/models/breast-cancer/infer")
-    def infer(self, inputs: list[dict]) -> dict:
-        tensor = inputs[0]
-        x = np.asarray(tensor["data"], dtype=np.float64).reshape(tensor["shape"])
-        p = self.model.predict_proba(x)
-        return {"model_name": "breast-cancer", "outputs": [{"name": "probabilities",
-                "datatype": "FP64", "shape": list(p.shape), "data": p.ravel().tolist()}]}
+    if BATCH:
+        # BentoML's adaptive batching: the "inputs" lists of concurrent requests arrive as
+        # one list; each caller gets the answers of its own tensors back (as a list)
+        @bentoml.api(route="/v2/models/breast-cancer/infer", batchable=True,
+                     max_batch_size=BATCH, max_latency_ms=1000)
+        def infer(self, inputs: list[dict]) -> list[dict]:
+            xs = [matrix(tensor) for tensor in inputs]
+            p = self.model.predict_proba(np.concatenate(xs))
+            return [answer(part) for part in np.split(p, np.cumsum([len(x) for x in xs])[:-1])]
+    else:
+        @bentoml.api(route="/v2/models/breast-cancer/infer")
+        def infer(self, inputs: list[dict]) -> dict:
+            return answer(self.model.predict_proba(matrix(inputs[0])))
 """
 
 WRK_SCRIPT = """
@@ -329,7 +348,11 @@ def make_server(
     if bentoml is None:
         return None
     (folder / "service.py").write_text(BENTO_SERVICE)
-    env = {"BENCH_MODEL": str(paths["joblib"]), "BENCH_WORKERS": str(options["workers"])}
+    env = {
+        "BENCH_MODEL": str(paths["joblib"]),
+        "BENCH_WORKERS": str(options["workers"]),
+        "BENCH_BATCH": str(options.get("batch", 0)),
+    }
     command = [str(bentoml), "serve", "service:BreastCancer", "--port", str(port)]
     return Server(name, command, folder, f"{base}/readyz", infer, None, env)
 

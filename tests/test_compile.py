@@ -6,6 +6,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -65,47 +66,16 @@ def card_rows(n: int) -> list[dict[str, object]]:
     return frame.to_dict("records")  # type: ignore[return-value]
 
 
-def test_a_model_that_disagrees_in_onnx_falls_back(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    # inputs near 1e7 lose their fraction in ONNX's float32: the answers move by hundreds
-    rng = np.random.default_rng(0)
-    x = 1e7 + rng.uniform(0, 1, (200, 1))
-    estimator = LinearRegression().fit(x, 1000.0 * (x[:, 0] - 1e7))
-    folder = tmp_path / "big" / "1"
+def served_as_estimator(
+    tmp_path: Path, estimator: Any, inputs: list[Feature], caplog: pytest.LogCaptureFixture
+) -> Model:
+    """A regressor saved as a model version with ``compile: onnx``, loaded: it must fall back
+    to the estimator (the log then says why)."""
+    folder = tmp_path / "regressor" / "1"
     folder.mkdir(parents=True)
     sio.dump(estimator, folder / "model.skops")
-    feature = Feature(name="x", min=1e7, max=1e7 + 1)
     spec = ModelSpec(
-        name="big",
-        version="1",
-        task="regression",
-        format="sklearn",
-        artifact="model.skops",
-        inputs=[feature],
-        compile="onnx",
-    )
-    write_spec(spec, folder)
-    with caplog.at_level(logging.WARNING, logger="foretell.runtimes"):
-        model = Model.from_folder(folder)
-    assert isinstance(model.runtime, SklearnRuntime)
-    assert model.runtime.compiled is None
-    assert "disagrees with the estimator" in caplog.text
-    [result] = model.predict([[1e7 + 0.5]])
-    assert result.outputs["value"] == pytest.approx(500.0, abs=1e-3)
-
-
-def test_an_estimator_skl2onnx_cannot_convert_falls_back_with_the_reason(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    x = np.random.default_rng(0).uniform(0, 1, (100, 2))
-    estimator = KernelRidge(alpha=0.1).fit(x, x.sum(axis=1))  # skl2onnx has no converter
-    folder = tmp_path / "ridge" / "1"
-    folder.mkdir(parents=True)
-    sio.dump(estimator, folder / "model.skops")
-    inputs = [Feature(name=n, min=0, max=1) for n in ("a", "b")]
-    spec = ModelSpec(
-        name="ridge",
+        name="regressor",
         version="1",
         task="regression",
         format="sklearn",
@@ -118,6 +88,30 @@ def test_an_estimator_skl2onnx_cannot_convert_falls_back_with_the_reason(
         model = Model.from_folder(folder)
     assert isinstance(model.runtime, SklearnRuntime)
     assert model.runtime.compiled is None
+    return model
+
+
+def test_a_model_that_disagrees_in_onnx_falls_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # inputs near 1e7 lose their fraction in ONNX's float32: the answers move by hundreds
+    rng = np.random.default_rng(0)
+    x = 1e7 + rng.uniform(0, 1, (200, 1))
+    estimator = LinearRegression().fit(x, 1000.0 * (x[:, 0] - 1e7))
+    feature = Feature(name="x", min=1e7, max=1e7 + 1)
+    model = served_as_estimator(tmp_path, estimator, [feature], caplog)
+    assert "disagrees with the estimator" in caplog.text
+    [result] = model.predict([[1e7 + 0.5]])
+    assert result.outputs["value"] == pytest.approx(500.0, abs=1e-3)
+
+
+def test_an_estimator_skl2onnx_cannot_convert_falls_back_with_the_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    x = np.random.default_rng(0).uniform(0, 1, (100, 2))
+    estimator = KernelRidge(alpha=0.1).fit(x, x.sum(axis=1))  # skl2onnx has no converter
+    inputs = [Feature(name=n, min=0, max=1) for n in ("a", "b")]
+    model = served_as_estimator(tmp_path, estimator, inputs, caplog)
     assert "compile: onnx failed, serving the scikit-learn estimator" in caplog.text
     assert "KernelRidge" in caplog.text
     [result] = model.predict([[0.25, 0.5]])

@@ -151,13 +151,16 @@ def from_bytes(name: str, datatype: str, shape: list[int], raw: bytes | memoryvi
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
+_LENGTH = struct.Struct("<I").pack
+
+
 def to_bytes(tensor: Tensor) -> bytes:
     """The raw binary form of a tensor."""
     if tensor.datatype == "BYTES":
-        parts = []
-        for item in tensor.data.reshape(-1):
-            value = item if isinstance(item, bytes) else str(item).encode()
-            parts.append(struct.pack("<I", len(value)) + value)
+        values = [v if isinstance(v, bytes) else str(v).encode() for v in tensor.data.flat]
+        parts: list[bytes] = [b""] * (2 * len(values))
+        parts[0::2] = map(_LENGTH, map(len, values))  # each element after its 4-byte length
+        parts[1::2] = values
         return b"".join(parts)
     array = np.ascontiguousarray(tensor.data, dtype=DATATYPES[tensor.datatype])
     return array.tobytes()

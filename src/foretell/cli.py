@@ -730,6 +730,7 @@ def serve(
     """
     import asyncio
     import math
+    import sys
 
     from foretell.serving.workers import Siblings, supervise, worker_folder
 
@@ -796,7 +797,7 @@ def serve(
     # the supervisor of --workers stops above: it loads no model, so it imports none of this
     from foretell.monitoring.metrics import ServingMetrics
     from foretell.serving.dataplane import DataPlane
-    from foretell.serving.server import new_event_loop
+    from foretell.serving.server import SWITCH_INTERVAL_S, new_event_loop
     from foretell.serving.server import serve as run_server
 
     metrics = ServingMetrics()
@@ -831,6 +832,7 @@ def serve(
         version = f" v{entry['version']}" if entry["version"] else ""
         err.print(f"{entry['name']}{version}: {status}", markup=False, highlight=False)
     _freeze_loaded()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             runner.run(

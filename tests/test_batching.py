@@ -185,11 +185,16 @@ def batching_server(examples_root: Path, tmp_path_factory: pytest.TempPathFactor
     running.stop()
 
 
-def batches_scored(server: Server, model: str) -> int:
-    """How many batches ``server`` has scored for ``model`` (its ``foretell_batch_rows``)."""
+def batch_sizes(server: Server, model: str) -> dict[float, int]:
+    """Cumulative counts of ``model``'s scored batches by size bound (``le``; ``inf``: all)."""
     text = httpx.get(f"{server.url}/metrics", timeout=30).text
-    found = re.search(rf'^foretell_batch_rows_count{{model="{model}"}} ([0-9.e+]+)$', text, re.M)
-    return 0 if found is None else int(float(found.group(1)))
+    pattern = rf'^foretell_batch_rows_bucket{{le="([^"]+)",model="{model}"}} ([0-9.e+]+)$'
+    return {float(le): int(float(n)) for le, n in re.findall(pattern, text, re.M)}
+
+
+def batches_scored(server: Server, model: str) -> int:
+    """How many batches ``server`` has scored for ``model``."""
+    return batch_sizes(server, model).get(float("inf"), 0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -300,13 +305,6 @@ def test_concurrent_v1_callers_get_their_own_rows(
         np.testing.assert_allclose(got, probabilities(expected), rtol=1e-6)
         ids += [p["prediction_id"] for p in predictions]
     assert len(set(ids)) == len(ids) == sum(i % 4 + 1 for i in range(12))
-
-
-def batch_sizes(server: Server, model: str) -> dict[float, int]:
-    """Cumulative counts of ``model``'s scored batches by size bound (``le``)."""
-    text = httpx.get(f"{server.url}/metrics", timeout=30).text
-    pattern = rf'^foretell_batch_rows_bucket{{le="([^"]+)",model="{model}"}} ([0-9.e+]+)$'
-    return {float(le): int(float(n)) for le, n in re.findall(pattern, text, re.M)}
 
 
 def test_a_server_takes_the_specs_batching_and_a_flag_overrides_only_its_own_field(

@@ -275,14 +275,22 @@ def _split_later(rows: Rows, names: list[str]) -> Columns | np.ndarray:
     return to_columns(rows, names)  # a malformed body fails its own request alone
 
 
+#: Row numbers 0, 1, 2...: a split request whose rows were all scored shares a read-only view
+#: of them as its ``usable`` rather than a new array.
+_NUMBERS = np.arange(1024)
+_NUMBERS.flags.writeable = False
+
+
 def rows_of(batch: Batch, start: int, stop: int) -> Batch:
     """The rows ``start:stop`` of a scored batch, numbered from 0 as their request sent them,
     without their inputs: the callers read outputs, and the batch's observers (the prediction
     log among them) saw the whole batch with its inputs."""
-    if len(batch.usable) == batch.length:  # every row scored: row i is output i
-        lo, hi = start, stop
+    if len(batch.usable) == batch.length and stop - start <= len(_NUMBERS):
+        lo, hi = start, stop  # every row scored: row i is output i
+        usable = _NUMBERS[: stop - start]
     else:
         lo, hi = (int(i) for i in np.searchsorted(batch.usable, [start, stop]))
+        usable = batch.usable[lo:hi] - start
     violations = {
         row - start: [dataclasses.replace(v, row=row - start) for v in found]
         for row, found in batch.violations.items()
@@ -291,7 +299,7 @@ def rows_of(batch: Batch, start: int, stop: int) -> Batch:
     return Batch(
         batch.model,
         stop - start,
-        batch.usable[lo:hi] - start,
+        usable,
         {name: values[lo:hi] for name, values in batch.outputs.items()},
         batch.decisions[lo:hi],
         violations,

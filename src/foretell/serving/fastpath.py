@@ -216,7 +216,7 @@ class FastInfer:
         if not cycle.keep_alive:
             parts.append(b"connection: close\r\n")
         parts += (b"\r\n", content)
-        protocol.transport.write(b"".join(parts))
+        protocol.out.write_now(b"".join(parts))
         cycle.response_complete = True
         if not cycle.keep_alive:
             protocol.transport.close()

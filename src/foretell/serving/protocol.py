@@ -35,6 +35,13 @@ class OneWrite:
             if not self.transport.is_closing():
                 self.transport.write(data)
 
+    def write_now(self, data: bytes) -> None:
+        """Writes ``data`` at once, after anything pending: for a response made in one piece,
+        which gains nothing from waiting for the loop's next turn."""
+        self.flush()
+        if not self.transport.is_closing():
+            self.transport.write(data)
+
     def close(self) -> None:
         self.flush()
         self.transport.close()
@@ -53,7 +60,8 @@ class HttpProtocol(HttpToolsProtocol):
     fast: FastInfer | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(OneWrite(transport, self.loop))  # type: ignore[arg-type]
+        self.out = OneWrite(transport, self.loop)
+        super().connection_made(self.out)  # type: ignore[arg-type]
         self._deadline: asyncio.TimerHandle | None = None
         self._arm()
 

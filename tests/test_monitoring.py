@@ -293,6 +293,41 @@ def test_logged_rows_are_stored_once_exactly_as_given(monitoring_uri: str) -> No
     assert pd.isna(logged[5]["decision"]) and pd.isna(logged[5]["latency_ms"])  # NULL
 
 
+def test_a_new_sqlite_log_has_large_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
+    from foretell.monitoring.store import MonitoringStore
+    from foretell.sql_uri import SQLITE_PAGE_BYTES
+
+    def page_size(path: Path) -> int:
+        with closing(sqlite3.connect(path)) as conn:
+            return int(conn.execute("PRAGMA page_size").fetchone()[0])
+
+    row = {
+        "prediction_id": "p0",
+        "model": "m",
+        "version": "1",
+        "ts": 1000.0,
+        "inputs": "{}",
+        "outputs": "{}",
+    }
+    new = tmp_path / "new.db"
+    store = MonitoringStore(f"sqlite:///{new}")
+    store.log([row])
+    store.dispose()
+    assert page_size(new) == SQLITE_PAGE_BYTES == 16384
+
+    old = tmp_path / "old.db"  # made by an earlier foretell, with SQLite's default pages
+    with closing(sqlite3.connect(old)) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("CREATE TABLE kept (x)")
+    assert page_size(old) == 4096
+    for _ in range(2):  # opened twice: the second time finds the table made the first
+        store = MonitoringStore(f"sqlite:///{old}")
+        store.log([row])  # stored once: the second is a retried write
+        assert len(store.predictions_of("m")) == 1
+        store.dispose()
+    assert page_size(old) == 4096
+
+
 def logged_through(
     uri: str, batches: list[Batch], sample_rate: float = 1.0
 ) -> tuple[list[dict[str, Any]], PredictionLog]:

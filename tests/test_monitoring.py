@@ -367,6 +367,25 @@ def test_the_log_samples_rows_and_stores_inputs_and_outputs_as_json(
         assert (row["model"], row["version"]) == ("breast-cancer", model.version)
 
 
+def test_rows_sampled_out_never_leave_the_serving_process(
+    repository: Repository, tmp_path: Path
+) -> None:
+    from foretell.monitoring.predlog import PredictionLog
+    from foretell.monitoring.store import MonitoringStore
+
+    batch = repository.load("breast-cancer").run(load_breast_cancer().data[:50])
+    store = MonitoringStore(f"sqlite:///{tmp_path / 'monitoring.db'}")
+    predlog = PredictionLog(store, sample_rate=0.0)
+    try:
+        for _ in range(20):
+            predlog.observe(batch)
+        predlog.close()
+    finally:
+        store.dispose()
+    # sampled before the queue: no batch was shipped, so no writer process ever started
+    assert predlog.written == 0 and predlog._process is None
+
+
 @pytest.mark.parametrize("sample_rate", [1.0, 0.5])
 def test_a_clean_numeric_batch_is_logged_from_its_checked_matrix(
     repository: Repository, monitoring_uri: str, sample_rate: float

@@ -1,12 +1,13 @@
 """The prediction log: every scored row (or a sample) written off the hot path.
 
-Serving threads hand whole scored batches to a bounded queue. A thread ships what gathered
-within ``LINGER_S`` to a writer process (each run of one model's batches merged into one),
-which turns the batches into rows (JSON of inputs and outputs) and stores them in one
-transaction: that work holds no lock the serving process needs. A full queue makes serving
-wait rather than drop a prediction; a failed write is retried, counted and logged, never
-raised into serving; a writer process that dies is restarted. ``close()`` flushes what is
-queued, so a graceful shutdown loses nothing that was answered.
+Serving threads hand scored batches (or, with a sample rate, their sampled rows) to a bounded
+queue. A thread ships what gathered within ``LINGER_S`` to a writer process (each run of one
+model's batches merged into one), which turns the batches into rows (JSON of inputs and
+outputs) and stores them in one transaction: that work holds no lock the serving process
+needs. A full queue makes serving wait rather than drop a prediction; a failed write is
+retried, counted and logged, never raised into serving; a writer process that dies is
+restarted. ``close()`` flushes what is queued, so a graceful shutdown loses nothing that was
+answered.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import dataclasses
 import logging
 import multiprocessing
 import queue
-import random
 import signal
 import threading
 import time
@@ -59,6 +59,7 @@ class PredictionLog:
         failures: Counter | None = None,
     ) -> None:
         self.store, self.sample_rate, self.failures = store, sample_rate, failures
+        self._random = np.random.default_rng()
         self.queue: queue.Queue[Batch | None] = queue.Queue(maxsize=capacity)
         #: Predictions stored so far (as the writer process reports them).
         self.written = 0
@@ -69,7 +70,13 @@ class PredictionLog:
         self.shipper.start()
 
     def observe(self, batch: Batch) -> None:
-        """Queues a scored batch (waits if the writer is far behind)."""
+        """Queues a scored batch (waits if the writer is far behind); below a sample rate of
+        1, only its sampled rows: chosen here, the rows left out cost neither the shipping
+        nor the writer anything."""
+        if self.sample_rate < 1.0:
+            kept = np.flatnonzero(self._random.random(len(batch.usable)) < self.sample_rate)
+            if len(kept) < len(batch.usable):
+                batch = sampled(batch, kept)
         if len(batch.usable):
             self.queue.put(batch)
 
@@ -135,7 +142,7 @@ class PredictionLog:
         ours, theirs = context.Pipe()
         self._process = context.Process(
             target=_write_forever,
-            args=(theirs, self.store.connect_uri, self.sample_rate),
+            args=(theirs, self.store.connect_uri),
             name="foretell-predlog-writer",
             daemon=True,
         )
@@ -181,8 +188,8 @@ class PredictionLog:
 class _Writer:
     """Turns scored batches into rows and stores them: the writer process's work."""
 
-    def __init__(self, store: MonitoringStore, sample_rate: float) -> None:
-        self.store, self.sample_rate = store, sample_rate
+    def __init__(self, store: MonitoringStore) -> None:
+        self.store = store
         self.models: dict[_Key, _Logged] = {}
 
     def write(self, items: list[tuple[_Key, ModelSpec | None, _Wire]]) -> tuple[int, int]:
@@ -217,16 +224,11 @@ class _Writer:
         its inputs as one (rows, inputs) array in schema order, when they came so; ``heads``:
         its model's :func:`object_heads`; ``latencies``: each usable row's batch's time in
         milliseconds."""
-        kept: Sequence[int] = range(len(batch.usable))
-        if self.sample_rate < 1.0:  # sampled first: a row left out costs nothing more
-            kept = [j for j in kept if random.random() < self.sample_rate]
-            if not kept:
-                return []
         model = batch.model
         records = batch.records()  # with the explanation and uncertainty when asked for
         names = model.spec.feature_names
         now = time.time()
-        positions = batch.usable[kept] if len(kept) < len(batch.usable) else batch.usable
+        positions = batch.usable
         # whole rows or columns at a time: a Python call per value costs more than the row
         whole = len(positions) == batch.length
         dumps, name, version = orjson.dumps, model.name, model.version
@@ -251,7 +253,7 @@ class _Writer:
                 str(decisions[j]),
                 latencies[j],
             )
-            for j, row, text in zip(kept, positions.tolist(), inputs, strict=True)
+            for j, (row, text) in enumerate(zip(positions.tolist(), inputs, strict=True))
         ]
 
 
@@ -338,6 +340,35 @@ class _Wire:
         )
 
 
+def sampled(batch: Batch, kept: np.ndarray) -> Batch:
+    """The ``kept`` usable rows of ``batch`` (their indices among its usable rows) as a batch
+    of those rows alone, numbered from 0, with their ids, inputs, outputs and decisions."""
+    from foretell.pipeline.model import Batch
+
+    rows = batch.usable[kept]  # their positions in the batch
+
+    def take(values: Any, at: np.ndarray) -> Any:
+        if isinstance(values, np.ndarray):
+            return values[at]
+        return [values[i] for i in at.tolist()]
+
+    ids, matrix = batch.prediction_ids, batch.matrix
+    return Batch(
+        batch.model,
+        len(kept),
+        np.arange(len(kept)),
+        {name: take(values, kept) for name, values in batch.outputs.items()},
+        take(batch.decisions, kept),
+        {},
+        [ids[i] for i in rows.tolist()],
+        batch.timings_ms,
+        # the log reads the matrix when there is one (see _inputs), else the columns
+        {} if matrix is not None else {n: take(c, rows) for n, c in batch.inputs.items()},
+        batch.insight,
+        None if matrix is None else matrix[rows],
+    )
+
+
 def _joined(parts: list[Any]) -> Any:
     """Output columns of several batches as one: arrays of one row shape stay one array,
     anything else becomes a list."""
@@ -414,12 +445,12 @@ def json_objects(matrix: np.ndarray, heads: list[str]) -> list[str]:
     return ("".join(parts) + "}")[2:].split("\n")
 
 
-def _write_forever(pipe: Connection, uri: str, sample_rate: float) -> None:
+def _write_forever(pipe: Connection, uri: str) -> None:
     """The writer process: writes what arrives on ``pipe`` until None, or until the serving
     process is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops it once it has drained
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    writer = _Writer(MonitoringStore(uri), sample_rate)
+    writer = _Writer(MonitoringStore(uri))
     while True:
         try:
             items = pipe.recv()

@@ -8,8 +8,11 @@ service must not pass for a green run.
 from __future__ import annotations
 
 import functools
+import sqlite3
+import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -402,3 +405,20 @@ def test_sqlite_reader_and_writer_overlap(tmp_path: Path) -> None:
     rest = list(reading)
     assert len(first) + sum(len(c) for c in rest) == 100  # the reader's snapshot
     assert len(destination.read("job-2")) == 100
+
+
+def test_write_ahead_logging_waits_for_a_new_file_another_process_holds(tmp_path: Path) -> None:
+    # several processes opening a new file at once (two stream consumers started together):
+    # SQLite answers all but one switch to write-ahead logging "database is locked" at once,
+    # without its busy timeout; here a connection without one meets a file held for 0.3 s
+    from foretell.sql_uri import _write_ahead
+
+    path = tmp_path / "held.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    threading.Timer(0.3, holder.execute, ["COMMIT"]).start()
+    with closing(sqlite3.connect(path, timeout=0)) as conn:
+        _write_ahead(conn.cursor())
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    holder.close()

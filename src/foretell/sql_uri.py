@@ -11,6 +11,8 @@ parameter (``sslmode``, ``connect_timeout``...) is passed on to the driver.
 from __future__ import annotations
 
 import re
+import sqlite3
+import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,10 +161,25 @@ def _create(target: SqlUri, wal: bool) -> Engine:
         cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
         if wal:  # the page size first: write-ahead logging fixes it
             cursor.execute(f"PRAGMA page_size = {SQLITE_PAGE_BYTES}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _write_ahead(cursor)
         cursor.close()
 
     return engine
+
+
+def _write_ahead(cursor: Any) -> None:
+    """Turns write-ahead logging on. Where several processes open a new file at once, SQLite
+    answers all but one "database is locked" at once, without waiting out the busy timeout
+    (two stream consumers started together failed so); so this waits and tries again."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def reason(exc: BaseException) -> str:

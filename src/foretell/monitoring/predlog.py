@@ -75,6 +75,8 @@ class PredictionLog:
         nor the writer anything."""
         if self.sample_rate < 1.0:
             kept = np.flatnonzero(self._random.random(len(batch.usable)) < self.sample_rate)
+            if not len(kept):  # most small batches at a low rate: nothing to build or queue
+                return
             if len(kept) < len(batch.usable):
                 batch = sampled(batch, kept)
         if len(batch.usable):

@@ -1,4 +1,6 @@
-"""The benchmark scripts that need no load generator run as documented: bench/predlog.py."""
+"""The benchmark scripts run as documented: bench/predlog.py, and bench/serving.py on one of
+foretell's configurations (its peers install into their own environments, which a test run
+does not wait for)."""
 
 from __future__ import annotations
 
@@ -34,3 +36,29 @@ def test_the_prediction_log_benchmark_refuses_a_bad_size_by_name() -> None:
     done = predlog("--sizes", "1,x")
     assert done.returncode == 2
     assert "--sizes must be whole numbers" in done.stderr
+
+
+def test_the_serving_benchmark_drives_every_load_over_rest_and_grpc_and_reports_ceilings() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "serving.py"),
+            *("--no-peers", "--only", "foretell --no-monitoring"),
+            *("--repeat", "1", "--duration", "1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = r"^\| foretell --no-monitoring \| (REST|gRPC) \| (\d+) \| (\d+) \| ([\d,]+) .*\| (\d+) \|"
+    runs = re.findall(row + r" [\d.]+ \([\d.]+\) \| [\d.]+ \|$", done.stdout, re.M)
+    loads = [(protocol, int(rows), int(conns)) for protocol, rows, conns, *_ in runs]
+    each = [(1, 1), (1, 8), (1, 32), (32, 8)]
+    assert loads == [("REST", *load) for load in each] + [("gRPC", *load) for load in each]
+    for *_, rps, errors in runs:
+        assert int(rps.replace(",", "")) > 0 and errors == "0"
+    ceilings = re.findall(r"^- in-process (.+): ([\d,]+) rows/s$", done.stdout, re.M)
+    assert len(ceilings) == 6 and all(int(n.replace(",", "")) > 0 for _, n in ceilings)
+    assert re.search(r"foretell --no-monitoring: ready [\d.]+ s after start", done.stdout)

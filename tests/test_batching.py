@@ -339,11 +339,12 @@ def test_serve_refuses_a_batch_size_below_one(examples_root: Path, tmp_path: Pat
 
 
 def test_a_prediction_log_far_behind_makes_callers_wait_but_never_the_event_loop(
-    cancer: Model, tmp_path: Path
+    cancer: Model, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "monitoring.db"
     store = MonitoringStore(f"sqlite:///{path}")
-    monitor = Monitor(store, CollectorRegistry())
+    registry = CollectorRegistry()
+    monitor = Monitor(store, registry)
     monitor.attach(cancer)
     log = monitor.predlog
     batcher = Batcher(max_batch_size=64)
@@ -385,13 +386,20 @@ def test_a_prediction_log_far_behind_makes_callers_wait_but_never_the_event_loop
         return lag, waited, filled
 
     try:
-        lag, waited, filled = asyncio.run(main())
+        with caplog.at_level("WARNING", logger="foretell.predlog"):
+            lag, waited, filled = asyncio.run(main())
     finally:
         safety.cancel()
         lock.close()
         monitor.close()
     assert lag < 2.0  # other requests (health checks among them) were answered meanwhile
     assert waited  # back-pressure: the caller waited for room in the log
+    # ... and the operator can see it: the wait is counted and said once, with what to do
+    seconds = registry.get_sample_value("foretell_prediction_log_wait_seconds_total")
+    assert seconds is not None and seconds >= 0.2  # the caller's wait, at least
+    said = [r.getMessage() for r in caplog.records if r.name == "foretell.predlog"]
+    [warning] = [message for message in said if "cannot keep up" in message]
+    assert "--log-sample-rate" in warning and "--no-monitoring" in warning
     stored = store.predictions_of("breast-cancer")
     assert len(stored) == filled + 2  # everything answered was logged, once
     assert stored["prediction_id"].is_unique

@@ -79,7 +79,12 @@ class Monitor:
             "Predictions the log could not store.",
             registry=registry,
         )
-        self.predlog = PredictionLog(store, sample_rate, failures=failures)
+        waits = Counter(
+            "foretell_prediction_log_wait_seconds",
+            "Seconds serving waited for room in the prediction log's full queue.",
+            registry=registry,
+        )
+        self.predlog = PredictionLog(store, sample_rate, failures=failures, waits=waits)
         self.feedback_rows = Counter(
             "foretell_feedback", "Ground-truth values received.", ["model"], registry=registry
         )

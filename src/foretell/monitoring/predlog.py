@@ -50,6 +50,8 @@ class PredictionLog:
     #: The most rows of batches merged into one for the writer: larger merges cost it more
     #: per row (its strings and lists outgrow the caches; bench/predlog.py, 2,048 against 256).
     MERGE_ROWS = 256
+    #: The least time between two warnings that serving waited for the writer, in seconds.
+    WARN_EVERY_S = 60.0
 
     def __init__(
         self,
@@ -57,8 +59,13 @@ class PredictionLog:
         sample_rate: float = 1.0,
         capacity: int = 1024,
         failures: Counter | None = None,
+        waits: Counter | None = None,
     ) -> None:
-        self.store, self.sample_rate, self.failures = store, sample_rate, failures
+        self.store, self.sample_rate = store, sample_rate
+        #: Counters of the predictions the log could not store, and of the seconds serving
+        #: waited for room in a full queue.
+        self.failures, self.waits = failures, waits
+        self._warned = -self.WARN_EVERY_S  # when serving's last wait was logged (monotonic)
         self._random = np.random.default_rng()
         self.queue: queue.Queue[Batch | None] = queue.Queue(maxsize=capacity)
         #: Predictions stored so far (as the writer process reports them).
@@ -80,7 +87,28 @@ class PredictionLog:
             if len(kept) < len(batch.usable):
                 batch = sampled(batch, kept)
         if len(batch.usable):
-            self.queue.put(batch)
+            try:
+                self.queue.put_nowait(batch)
+            except queue.Full:
+                self._wait_for_room(batch)
+
+    def _wait_for_room(self, batch: Batch) -> None:
+        """Queues ``batch`` once the writer has made room: counts the wait, and says so in
+        the log at most every :data:`WARN_EVERY_S` seconds, with what to do about it."""
+        started = time.perf_counter()
+        self.queue.put(batch)
+        waited = time.perf_counter() - started
+        if self.waits is not None:
+            self.waits.inc(waited)
+        now = time.monotonic()
+        if now - self._warned >= self.WARN_EVERY_S:
+            self._warned = now
+            log.warning(
+                "the prediction log's writer cannot keep up: a request waited %.0f ms for it "
+                "(foretell_prediction_log_wait_seconds_total counts every wait); log a sample "
+                "with --log-sample-rate, or nothing with --no-monitoring",
+                waited * 1000,
+            )
 
     def behind(self) -> bool:
         """Whether the writer is far behind: the queue is over half full, and the next

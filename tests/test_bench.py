@@ -12,9 +12,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def predlog(*args: str) -> subprocess.CompletedProcess[str]:
+def bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Runs ``bench/<script>`` with ``args`` as a user would."""
     return subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "predlog.py"), *args],
+        [sys.executable, str(ROOT / "bench" / script), *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -23,7 +24,7 @@ def predlog(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_prediction_log_benchmark_logs_every_row_and_reports_its_cost() -> None:
-    done = predlog("--sizes", "1,32", "--rows", "64", "--repeat", "1")
+    done = bench("predlog.py", "--sizes", "1,32", "--rows", "64", "--repeat", "1")
     assert done.returncode == 0, done.stderr
     rows = re.findall(r"^\| (\d+) \| ([\d.]+) \| (-?[\d.]+) \| ([\d,]+) \|$", done.stdout, re.M)
     assert [size for size, *_ in rows] == ["1", "32"]
@@ -33,23 +34,16 @@ def test_the_prediction_log_benchmark_logs_every_row_and_reports_its_cost() -> N
 
 
 def test_the_prediction_log_benchmark_refuses_a_bad_size_by_name() -> None:
-    done = predlog("--sizes", "1,x")
+    done = bench("predlog.py", "--sizes", "1,x")
     assert done.returncode == 2
     assert "--sizes must be whole numbers" in done.stderr
 
 
 def test_the_serving_benchmark_drives_every_load_over_rest_and_grpc_and_reports_ceilings() -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "serving.py"),
-            *("--no-peers", "--only", "foretell --no-monitoring"),
-            *("--repeat", "1", "--duration", "1"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    done = bench(
+        "serving.py",
+        *("--no-peers", "--only", "foretell --no-monitoring"),
+        *("--repeat", "1", "--duration", "1"),
     )
     assert done.returncode == 0, done.stderr[-3000:]
     row = r"^\| foretell --no-monitoring \| (REST|gRPC) \| (\d+) \| (\d+) \| ([\d,]+) .*\| (\d+) \|"

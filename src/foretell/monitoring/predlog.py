@@ -65,7 +65,7 @@ class PredictionLog:
         #: Counters of the predictions the log could not store, and of the seconds serving
         #: waited for room in a full queue.
         self.failures, self.waits = failures, waits
-        self._warned = -self.WARN_EVERY_S  # when serving's last wait was logged (monotonic)
+        self._warned = -self.WARN_EVERY_S  # when serving's last wait was logged (perf_counter)
         self._random = np.random.default_rng()
         self.queue: queue.Queue[Batch | None] = queue.Queue(maxsize=capacity)
         #: Predictions stored so far (as the writer process reports them).
@@ -97,10 +97,10 @@ class PredictionLog:
         the log at most every :data:`WARN_EVERY_S` seconds, with what to do about it."""
         started = time.perf_counter()
         self.queue.put(batch)
-        waited = time.perf_counter() - started
+        now = time.perf_counter()
+        waited = now - started
         if self.waits is not None:
             self.waits.inc(waited)
-        now = time.monotonic()
         if now - self._warned >= self.WARN_EVERY_S:
             self._warned = now
             log.warning(

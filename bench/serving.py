@@ -600,13 +600,23 @@ def main() -> int:
         "--only", action="append", default=[], help="configurations whose name starts so"
     )
     args = parser.parse_args()
-    wrk_path = ensure_wrk()
+    if args.repeat < 1 or args.duration < 1:
+        parser.error(
+            f"--repeat and --duration must be at least 1; got {args.repeat} and {args.duration}"
+        )
     chosen = {
         name: config
         for name, config in CONFIGS.items()
         if (not args.no_peers or config[0] == "foretell")
         and (not args.only or any(name.startswith(o) for o in args.only))
     }
+    if not chosen:
+        parser.error(
+            f"no configuration matches --only {args.only}"
+            f"{' with --no-peers' if args.no_peers else ''}; the configurations: "
+            + ", ".join(CONFIGS)
+        )
+    wrk_path = ensure_wrk()
     print(f"Machine: {machine()}\n")
     notes: list[str] = []
     # Rounds, each serving every configuration in turn and running every load once: a busy

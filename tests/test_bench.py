@@ -56,3 +56,13 @@ def test_the_serving_benchmark_drives_every_load_over_rest_and_grpc_and_reports_
     ceilings = re.findall(r"^- in-process (.+): ([\d,]+) rows/s$", done.stdout, re.M)
     assert len(ceilings) == 6 and all(int(n.replace(",", "")) > 0 for _, n in ceilings)
     assert re.search(r"foretell --no-monitoring: ready [\d.]+ s after start", done.stdout)
+
+
+def test_the_serving_benchmark_refuses_a_configuration_it_does_not_have_by_name() -> None:
+    done = bench("serving.py", "--no-peers", "--only", "MLServer")
+    assert done.returncode == 2
+    assert "no configuration matches --only ['MLServer'] with --no-peers" in done.stderr
+    assert "foretell --no-monitoring" in done.stderr  # what there is to choose from
+    done = bench("serving.py", "--repeat", "0")
+    assert done.returncode == 2
+    assert "--repeat and --duration must be at least 1; got 0 and 5" in done.stderr
